@@ -1,0 +1,1 @@
+"""Experiment configs: one file per study, each with get_config(arg=None) -> ConfigDict."""

@@ -1,0 +1,134 @@
+"""Orbax checkpoints: save and restore pytrees (model or train state) with shardings.
+
+`Checkpointer` wraps `orbax.checkpoint.CheckpointManager`: a step directory
+holds the state pytree plus a JSON metadata record (model config, data
+position, ...). Orbax writes each step to a temporary directory and renames it
+when complete, so a crash mid-save never damages a finished checkpoint.
+Restoring a missing or unreadable checkpoint raises `CheckpointError` naming
+the directory and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that is missing, unreadable, or belongs to another model."""
+
+
+def abstract_like(tree) -> Any:
+  """ShapeDtypeStructs (with the arrays' shardings) for a tree of arrays."""
+  def one(x):
+    sharding = getattr(x, "sharding", None)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  return jax.tree.map(one, tree)
+
+
+class Checkpointer:
+  """Numbered checkpoints in `directory`: every `save_every` steps, keeping the last `keep`."""
+
+  def __init__(self, directory: str, *, save_every: int = 1, keep: int = 3,
+               async_save: bool = True, read_only: bool = False):
+    self.directory = os.path.abspath(os.fspath(directory))
+    if read_only and not os.path.isdir(self.directory):
+      raise CheckpointError(f"checkpoint directory {self.directory!r} does not exist: "
+                            "check the path (or train a model there first)")
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, save_interval_steps=max(1, int(save_every)), create=not read_only,
+        enable_async_checkpointing=async_save, read_only=read_only)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state, metadata: Optional[dict] = None, force: bool = False) -> bool:
+    """Save when `step` is due (or `force`); returns whether a save started."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              meta=ocp.args.JsonSave(dict(metadata or {})))
+    return self.manager.save(int(step), args=args, force=force)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def _check_step(self, step: Optional[int]) -> int:
+    steps = self.all_steps()
+    if not steps:
+      raise CheckpointError(f"no checkpoint in {self.directory!r}: check the path, or start "
+                            "without restoring (a fresh workdir)")
+    step = max(steps) if step is None else int(step)
+    if step not in steps:
+      raise CheckpointError(f"no checkpoint for step {step} in {self.directory!r}; "
+                            f"available steps: {steps}")
+    return step
+
+  def metadata(self, step: Optional[int] = None) -> dict:
+    step = self._check_step(step)
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001 - orbax raises many kinds
+      raise CheckpointError(
+          f"checkpoint metadata at {self.directory}/{step} is unreadable ({type(e).__name__}: "
+          f"{e}); delete that step directory to fall back to an earlier one") from e
+    return dict(out.meta or {})
+
+  def restore(self, abstract_state, step: Optional[int] = None):
+    """(state, metadata) of `step` (default: latest), placed as `abstract_state`'s shardings.
+
+    abstract_state: a tree of ShapeDtypeStruct (with .sharding) or of arrays.
+    """
+    step = self._check_step(step)
+    target = abstract_like(abstract_state)
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(
+          f"checkpoint {self.directory}/{step} could not be restored ({type(e).__name__}: {e}). "
+          "It is corrupt or from a different model/optimizer: delete that step directory to "
+          "resume from an earlier step, or use a fresh workdir") from e
+    return out.state, dict(out.meta or {})
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def save_model(directory: str, model, step: int = 0, extra: Optional[dict] = None) -> None:
+  """Save a model's parameters and its ModelConfig (restorable by `load_model`)."""
+  with Checkpointer(directory, async_save=False) as ckpt:
+    meta = {"model_config": model.config.to_dict(), **(extra or {})}
+    ckpt.save(step, nnx.state(model, nnx.Param), meta, force=True)
+
+
+def load_model(directory: str, step: Optional[int] = None, shardings=None):
+  """The model saved by `save_model`; shardings: optional callable(abstract State) -> State of shardings."""
+  from specdistill_jax import models
+
+  with Checkpointer(directory, read_only=True) as ckpt:
+    meta = ckpt.metadata(step)
+    if "model_config" not in meta:
+      raise CheckpointError(f"{directory!r} holds no model_config: not a model checkpoint")
+    config = models.ModelConfig.from_dict(meta["model_config"])
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: models.Transformer(config, rngs=nnx.Rngs(0))))
+    if shardings is not None:
+      target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract, shardings(abstract))
+    else:
+      target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
+    state, _ = ckpt.restore(target, step)
+  return nnx.merge(graphdef, state)

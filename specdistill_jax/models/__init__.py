@@ -1,0 +1,18 @@
+"""Decoder-only draft and target models: config, NNX transformer, KV cache, HF interop."""
+
+from flax import nnx
+
+from specdistill_jax.models.config import ModelConfig, RopeScaling, preset, preset_names
+from specdistill_jax.models.hf import CheckpointFormatError, config_from_hf, config_to_hf, load_hf, save_hf
+from specdistill_jax.models.kv_cache import KVCache
+from specdistill_jax.models.transformer import Transformer, init_cache
+
+
+def create(config: ModelConfig, seed: int = 0) -> Transformer:
+  """A randomly initialised model for `config`."""
+  return Transformer(config, rngs=nnx.Rngs(seed))
+
+
+__all__ = ["ModelConfig", "RopeScaling", "preset", "preset_names", "Transformer", "KVCache",
+           "init_cache", "load_hf", "save_hf", "config_from_hf", "config_to_hf", "create",
+           "CheckpointFormatError"]

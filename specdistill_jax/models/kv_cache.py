@@ -1,0 +1,83 @@
+"""The static-shape KV cache and the attention masks that go with it.
+
+Per layer the cache holds keys and values of shape [B, S, kv_heads, head_dim];
+`lengths` [B] counts the valid entries of each row. Writing k new tokens puts
+them at positions lengths[b] .. lengths[b]+k-1 of each row; rolling back
+rejected draft tokens only moves `lengths` (stale entries past it are masked
+out and later overwritten), so nothing inside jit changes shape.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class KVCache:
+  """keys/values: one [B, S, kv_heads, head_dim] array per layer; lengths: [B] int32."""
+
+  keys: tuple[jax.Array, ...]
+  values: tuple[jax.Array, ...]
+  lengths: jax.Array
+
+  @property
+  def size(self) -> int:
+    return self.keys[0].shape[1]
+
+  @property
+  def batch_size(self) -> int:
+    return self.keys[0].shape[0]
+
+  @classmethod
+  def create(cls, num_layers: int, batch: int, size: int, kv_heads: int, head_dim: int,
+             dtype=jnp.float32) -> "KVCache":
+    shape = (batch, size, kv_heads, head_dim)
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
+    return cls(keys=zeros, values=zeros, lengths=jnp.zeros((batch,), jnp.int32))
+
+  def with_lengths(self, lengths: jax.Array) -> "KVCache":
+    """Roll back (or forward) every row to `lengths` [B]; the buffers are untouched."""
+    return self.replace(lengths=lengths.astype(jnp.int32))
+
+
+def write_positions(lengths: jax.Array, num_tokens: int) -> jax.Array:
+  """[B, T] absolute positions at which T new tokens of each row are written."""
+  return lengths[:, None] + jnp.arange(num_tokens, dtype=jnp.int32)[None, :]
+
+
+def scatter_rows(buffer: jax.Array, new: jax.Array, positions: jax.Array) -> jax.Array:
+  """buffer [B, S, ...] with new [B, T, ...] written at positions [B, T].
+
+  Positions past S are dropped (never clamped onto valid entries).
+  """
+  rows = jnp.arange(buffer.shape[0])[:, None]
+  return buffer.at[rows, positions].set(new.astype(buffer.dtype), mode="drop")
+
+
+def cached_attention_mask(query_positions: jax.Array, cache_size: int,
+                          window: Optional[int] = None) -> jax.Array:
+  """[B, T, S] bool: query at absolute position p sees cache slots j <= p (and p - j < window)."""
+  slots = jnp.arange(cache_size, dtype=jnp.int32)[None, None, :]
+  q = query_positions[:, :, None]
+  mask = slots <= q
+  if window is not None:
+    mask &= (q - slots) < window
+  return mask
+
+
+def sequence_attention_mask(positions: jax.Array, segment_ids: Optional[jax.Array] = None,
+                            window: Optional[int] = None) -> jax.Array:
+  """[B, T, T] causal mask for a full-sequence forward (packed segments never mix)."""
+  t = positions.shape[1]
+  idx = jnp.arange(t)
+  mask = jnp.broadcast_to(idx[None, :, None] >= idx[None, None, :], (positions.shape[0], t, t))
+  if segment_ids is not None:
+    mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+    mask &= (segment_ids != 0)[:, None, :]
+  if window is not None:
+    mask &= (positions[:, :, None] - positions[:, None, :]) < window
+  return mask

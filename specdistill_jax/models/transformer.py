@@ -1,0 +1,212 @@
+"""The decoder-only transformer (Llama / Mistral / Qwen2 family) in Flax NNX.
+
+Owns the layers (RMSNorm, grouped-query attention with RoPE, SwiGLU MLP) and
+the two forwards every other module uses:
+
+* `model(tokens)` -> logits [B, T, V]: the full-sequence forward for training
+  (optional `segment_ids` for packed or padded rows, `positions` per token);
+* `model.forward_cached(tokens, cache, num_valid)` -> (logits, cache): k new
+  tokens per row written at each row's own offset `cache.lengths[b]`. Prefill,
+  one-token decode and (gamma+1)-token verification are all this one call.
+
+Every parameter carries `logical_axes` metadata (e.g. ('embed', 'mlp')) that
+`sharding.py` maps onto the device mesh.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from specdistill_jax.models import kv_cache as kvc
+from specdistill_jax.models import rope
+from specdistill_jax.models.config import ModelConfig
+
+_NEG_INF = jnp.finfo(jnp.float32).min
+
+
+def _param(rngs: nnx.Rngs, shape, axes, config: ModelConfig, scale: Optional[float] = None,
+           zeros: bool = False, ones: bool = False) -> nnx.Param:
+  dtype = config.jnp_param_dtype
+  if ones:
+    value = jnp.ones(shape, dtype)
+  elif zeros:
+    value = jnp.zeros(shape, dtype)
+  else:
+    value = (jax.random.normal(rngs.params(), shape, jnp.float32) * scale).astype(dtype)
+  return nnx.Param(value, logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+  """y = x / rms(x) * weight, computed in fp32."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.eps = config.rms_norm_eps
+    self.weight = _param(rngs, (config.d_model,), ("norm",), config, ones=True)
+
+  def __call__(self, x):
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return (xf * self.weight[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def attend(q, k, v, mask):
+  """Grouped-query attention. q [B,T,H,D], k/v [B,S,Hkv,D], mask [B,T,S] -> [B,T,H,D]."""
+  b, t, h, d = q.shape
+  hkv = k.shape[2]
+  q = q.reshape(b, t, hkv, h // hkv, d)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = scores * (d ** -0.5)
+  scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return out.reshape(b, t, h, d)
+
+
+class Attention(nnx.Module):
+  """Multi-head attention with grouped key/value heads, RoPE and optional q/k/v bias."""
+
+  def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+    c = config
+    self.config = c
+    self.window = c.window_for_layer(layer)
+    s_in = c.d_model ** -0.5
+    s_out = (c.num_heads * c.head_dim) ** -0.5
+    self.q = _param(rngs, (c.d_model, c.num_heads, c.head_dim), ("embed", "heads", "head_dim"), c, s_in)
+    self.k = _param(rngs, (c.d_model, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), c, s_in)
+    self.v = _param(rngs, (c.d_model, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), c, s_in)
+    self.o = _param(rngs, (c.num_heads, c.head_dim, c.d_model), ("heads", "head_dim", "embed"), c, s_out)
+    if c.qkv_bias:
+      self.q_bias = _param(rngs, (c.num_heads, c.head_dim), ("heads", "head_dim"), c, zeros=True)
+      self.k_bias = _param(rngs, (c.num_kv_heads, c.head_dim), ("kv_heads", "head_dim"), c, zeros=True)
+      self.v_bias = _param(rngs, (c.num_kv_heads, c.head_dim), ("kv_heads", "head_dim"), c, zeros=True)
+
+  def _project(self, x, positions):
+    dt = self.config.jnp_dtype
+    q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
+    k = jnp.einsum("btd,dhk->bthk", x, self.k[...].astype(dt))
+    v = jnp.einsum("btd,dhk->bthk", x, self.v[...].astype(dt))
+    if self.config.qkv_bias:
+      q = q + self.q_bias[...].astype(dt)
+      k = k + self.k_bias[...].astype(dt)
+      v = v + self.v_bias[...].astype(dt)
+    cos, sin = rope.rotary_tables(self.config, positions)
+    return rope.apply_rotary(q, cos, sin), rope.apply_rotary(k, cos, sin), v
+
+  def _output(self, out):
+    return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(self.config.jnp_dtype))
+
+  def __call__(self, x, positions, segment_ids=None):
+    q, k, v = self._project(x, positions)
+    mask = kvc.sequence_attention_mask(positions, segment_ids, self.window)
+    return self._output(attend(q, k, v, mask))
+
+  def cached(self, x, positions, keys, values):
+    """x [B,T,D] at absolute positions [B,T]; returns (out, keys', values')."""
+    q, k, v = self._project(x, positions)
+    keys = kvc.scatter_rows(keys, k, positions)
+    values = kvc.scatter_rows(values, v, positions)
+    mask = kvc.cached_attention_mask(positions, keys.shape[1], self.window)
+    return self._output(attend(q, keys, values, mask)), keys, values
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    c = config
+    self.dtype = c.jnp_dtype
+    self.gate = _param(rngs, (c.d_model, c.mlp_dim), ("embed", "mlp"), c, c.d_model ** -0.5)
+    self.up = _param(rngs, (c.d_model, c.mlp_dim), ("embed", "mlp"), c, c.d_model ** -0.5)
+    self.down = _param(rngs, (c.mlp_dim, c.d_model), ("mlp", "embed"), c, c.mlp_dim ** -0.5)
+
+  def __call__(self, x):
+    dt = self.dtype
+    h = jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
+    return h @ self.down[...].astype(dt)
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: x + attn(norm(x)); x + mlp(norm(x))."""
+
+  def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(config, rngs=rngs)
+    self.attn = Attention(config, layer, rngs=rngs)
+    self.mlp_norm = RMSNorm(config, rngs=rngs)
+    self.mlp = MLP(config, rngs=rngs)
+
+  def __call__(self, x, positions, segment_ids=None):
+    x = x + self.attn(self.attn_norm(x), positions, segment_ids)
+    return x + self.mlp(self.mlp_norm(x))
+
+  def cached(self, x, positions, keys, values):
+    h, keys, values = self.attn.cached(self.attn_norm(x), positions, keys, values)
+    x = x + h
+    return x + self.mlp(self.mlp_norm(x)), keys, values
+
+
+class Transformer(nnx.Module):
+  """Token ids [B, T] -> logits [B, T, V] (fp32)."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    c = config
+    self.config = c
+    self.embed = _param(rngs, (c.vocab_size, c.d_model), ("vocab", "embed"), c, 1.0)
+    self.layers = nnx.List([Block(c, i, rngs=rngs) for i in range(c.num_layers)])
+    self.final_norm = RMSNorm(c, rngs=rngs)
+    if not c.tie_embeddings:
+      self.lm_head = _param(rngs, (c.d_model, c.vocab_size), ("embed", "vocab"), c, c.d_model ** -0.5)
+
+  def _embed(self, tokens):
+    return jnp.take(self.embed[...], tokens, axis=0).astype(self.config.jnp_dtype)
+
+  def _logits(self, x):
+    x = self.final_norm(x)
+    dt = self.config.jnp_dtype
+    if self.config.tie_embeddings:
+      logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(dt),
+                          preferred_element_type=jnp.float32)
+    else:
+      logits = jnp.einsum("btd,dv->btv", x, self.lm_head[...].astype(dt),
+                          preferred_element_type=jnp.float32)
+    return logits.astype(jnp.float32)
+
+  def __call__(self, tokens, *, positions=None, segment_ids=None):
+    """Full-sequence forward. tokens [B,T] int; segment_ids [B,T] (0 = padding)."""
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+    x = self._embed(tokens)
+    for block in self.layers:
+      x = block(x, positions, segment_ids)
+    return self._logits(x)
+
+  def forward_cached(self, tokens, cache: kvc.KVCache, num_valid=None):
+    """Feed tokens [B,T] at each row's offset; the first num_valid[b] of them are real.
+
+    Returns logits [B,T,V] (positions past num_valid are junk) and the cache with
+    lengths advanced by num_valid (default: all T).
+    """
+    b, t = tokens.shape
+    if num_valid is None:
+      num_valid = jnp.full((b,), t, jnp.int32)
+    positions = kvc.write_positions(cache.lengths, t)
+    x = self._embed(tokens)
+    keys, values = [], []
+    for block, k, v in zip(self.layers, cache.keys, cache.values):
+      x, k, v = block.cached(x, positions, k, v)
+      keys.append(k)
+      values.append(v)
+    new_cache = kvc.KVCache(tuple(keys), tuple(values), cache.lengths + num_valid.astype(jnp.int32))
+    return self._logits(x), new_cache
+
+  def init_cache(self, batch: int, size: int) -> kvc.KVCache:
+    return init_cache(self.config, batch, size)
+
+
+def init_cache(config: ModelConfig, batch: int, size: int) -> kvc.KVCache:
+  """An empty cache of `size` slots per row for this model config."""
+  return kvc.KVCache.create(config.num_layers, batch, size, config.num_kv_heads,
+                            config.head_dim, config.jnp_dtype)

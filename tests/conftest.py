@@ -1,0 +1,21 @@
+"""Test setup: 8 simulated CPU devices (for the sharding tests) and small shared fixtures.
+
+XLA_FLAGS must be set before jax is imported anywhere, so it is set here.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def torch():
+  """PyTorch (reference implementation for parity tests), single-threaded for determinism."""
+  torch = pytest.importorskip("torch")
+  torch.set_num_threads(1)
+  return torch

@@ -1,0 +1,105 @@
+"""The transformer's cached forward is the full forward, for ragged rows and after rollback."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from specdistill_jax import models
+
+ATOL = 1e-5
+
+
+def _model(**overrides):
+  return models.create(models.preset("tiny", vocab_size=97, **overrides), seed=0)
+
+
+def _tokens(batch, length, vocab=97, seed=0):
+  return jax.random.randint(jax.random.PRNGKey(seed), (batch, length), 0, vocab)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"num_kv_heads": 1}, {"num_kv_heads": 4},
+                                       {"qkv_bias": True, "tie_embeddings": True},
+                                       {"sliding_window": 3}])
+def test_token_by_token_decode_matches_full_forward_with_ragged_prompts(overrides):
+  model = _model(**overrides)
+  tokens = _tokens(3, 12)
+  full = model(tokens)
+  lengths = jnp.array([5, 1, 8])
+  width = int(lengths.max())
+  cache = model.init_cache(3, 16)
+  logits, cache = model.forward_cached(tokens[:, :width], cache, num_valid=lengths)
+  np.testing.assert_array_equal(cache.lengths, lengths)
+  for b in range(3):
+    np.testing.assert_allclose(logits[b, : lengths[b]], full[b, : lengths[b]], atol=ATOL)
+  # one token per step, each row at its own offset
+  for _ in range(12 - width):
+    nxt = jnp.take_along_axis(tokens, cache.lengths[:, None], axis=1)
+    pos = cache.lengths
+    logits, cache = model.forward_cached(nxt, cache)
+    want = jnp.take_along_axis(full, pos[:, None, None], axis=1)
+    np.testing.assert_allclose(logits, want, atol=ATOL)
+
+
+def test_rollback_only_moves_lengths():
+  """Feed junk (rejected drafts), roll back, feed the real tokens: logits as the full forward."""
+  model = _model()
+  tokens = _tokens(2, 10)
+  full = model(tokens)
+  cache = model.init_cache(2, 16)
+  _, cache = model.forward_cached(tokens[:, :4], cache)
+  junk = _tokens(2, 4, seed=1)
+  _, junk_cache = model.forward_cached(junk, cache)
+  np.testing.assert_array_equal(junk_cache.lengths, [8, 8])
+  rolled = junk_cache.with_lengths(jnp.array([4, 6]))  # row 1 keeps 2 junk tokens as "accepted"
+  # row 0: real tokens 4..7; row 1: its accepted junk then nothing else to check
+  logits, _ = model.forward_cached(tokens[:, 4:8], rolled.with_lengths(jnp.array([4, 4])))
+  np.testing.assert_allclose(logits, full[:, 4:8], atol=ATOL)
+  # row 1 continuing after 2 accepted junk tokens equals a fresh forward of that sequence
+  seq = jnp.concatenate([tokens[1, :4], junk[1, :2], tokens[1, 6:8]])[None]
+  want = model(seq)[0, 6:8]
+  logits, _ = model.forward_cached(tokens[:, 6:8], rolled)
+  np.testing.assert_allclose(logits[1], want, atol=ATOL)
+
+
+def test_segment_ids_isolate_packed_sequences():
+  model = _model()
+  a, b = _tokens(1, 5), _tokens(1, 4, seed=2)
+  packed = jnp.concatenate([a, b, jnp.zeros((1, 3), jnp.int32)], axis=1)
+  seg = jnp.array([[1] * 5 + [2] * 4 + [0] * 3])
+  pos = jnp.array([list(range(5)) + list(range(4)) + [0] * 3])
+  out = model(packed, positions=pos, segment_ids=seg)
+  np.testing.assert_allclose(out[:, :5], model(a), atol=ATOL)
+  np.testing.assert_allclose(out[:, 5:9], model(b), atol=ATOL)
+
+
+def test_bf16_params_and_compute_run_and_stay_close():
+  f32 = _model()
+  bf = models.Transformer(f32.config.replace(dtype="bfloat16", param_dtype="bfloat16"),
+                          rngs=__import__("flax").nnx.Rngs(0))
+  tokens = _tokens(2, 8)
+  out = bf(tokens)
+  assert out.dtype == jnp.float32 and bool(jnp.isfinite(out).all())
+  # same init seed: bf16 logits stay near the fp32 ones
+  assert float(jnp.abs(out - f32(tokens)).max()) < 0.15
+
+
+@pytest.mark.parametrize("kw,match", [({"num_heads": 4, "num_kv_heads": 3}, "num_kv_heads"),
+                                      ({"architecture": "gpt2"}, "architecture"),
+                                      ({"dtype": "float8"}, "dtype")])
+def test_bad_model_config_names_the_field(kw, match):
+  with pytest.raises(ValueError, match=match):
+    models.preset("tiny", 97, **kw)
+
+
+def test_unknown_preset_lists_known_ones():
+  with pytest.raises(ValueError, match="tiny"):
+    models.preset("huge", 97)
+
+
+def test_num_params_matches_the_model():
+  from flax import nnx
+  for overrides in ({}, {"qkv_bias": True, "tie_embeddings": True}):
+    model = _model(**overrides)
+    counted = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert counted == model.config.num_params()
