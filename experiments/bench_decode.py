@@ -1,0 +1,208 @@
+"""Speculative vs autoregressive decoding throughput, theory vs measurement, and transformers.
+
+    python experiments/bench_decode.py --target DIR --draft DIR [--prompts FILE]
+
+For batch 1 and 8, greedy and temperature 1, gamma in {2, 4, 8}: autoregressive
+tokens/s, speculative tokens/s, the cost ratio c (draft step / target step,
+measured), alpha, tau, the theoretical speedup
+(1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1)), the measured speedup and
+their ratio. Then the same weights, exported with save_hf, run through
+transformers' `generate(assistant_model=...)` (PyTorch, CPU, greedy, batch 1):
+its ids are checked against ours and its tokens/s reported beside ours.
+Writes experiments/results/decode_benchmark.md.
+
+Prompts: a file with one JSON token-id list or one text line per line (text
+needs a tokenizer in the target directory); default: the chat template's
+user turns from the `sharegpt_chat` validation split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from specdistill_jax import loading, models, sampling  # noqa: E402
+
+
+def step_seconds(model, batch: int, cache: int, steps: int = 32) -> float:
+  """Seconds per cached one-token forward at this batch and cache size (best of 5)."""
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def run(state, cache_state, token):
+    m = nnx.merge(graphdef, state)
+
+    def body(_, carry):
+      c, t = carry
+      logits, c = m.forward_cached(t, c)
+      return c, jnp.argmax(logits, -1).astype(jnp.int32)
+
+    return jax.lax.fori_loop(0, steps, body, (cache_state, token))
+
+  c0 = models.init_cache(model.config, batch, cache).with_lengths(jnp.full((batch,), cache // 4))
+  tok = jnp.zeros((batch, 1), jnp.int32)
+  jax.block_until_ready(run(state, c0, tok))
+  best = float("inf")
+  for _ in range(5):
+    t0 = time.perf_counter()
+    jax.block_until_ready(run(state, c0, tok))
+    best = min(best, time.perf_counter() - t0)
+  return best / steps
+
+
+def theoretical_speedup(alpha: float, gamma: int, c: float) -> float:
+  if alpha >= 1.0:
+    return (gamma + 1) / (gamma * c + 1)
+  return (1 - alpha ** (gamma + 1)) / ((1 - alpha) * (gamma * c + 1))
+
+
+def default_prompts(target_dir: str, n: int) -> list[list[int]]:
+  from specdistill_jax.data import prompts as prompt_sets
+  tokenizer = loading.load_tokenizer(target_dir)
+  return prompt_sets.historical_queries(tokenizer, "sharegpt_chat", "validation", n,
+                                        max_prompt_tokens=48)
+
+
+def read_prompts(path: str, target_dir: str) -> list[list[int]]:
+  from specdistill_jax.decode import read_prompts as read
+  tok = loading.load_tokenizer(target_dir) if loading.has_tokenizer(target_dir) else None
+  return read(path, tok, chat=True)
+
+
+def timed_runs(fn, repeats: int):
+  """Run fn() `repeats` times after a warm-up; return the result with the median wall time."""
+  fn()
+  results = [fn() for _ in range(repeats)]
+  walls = [r[-1] for r in results]
+  med = statistics.median(walls)
+  return min(results, key=lambda r: abs(r[-1] - med))
+
+
+def ours_vs_transformers(target, draft, prompts, gamma, max_new, ours_tps) -> list[str]:
+  import torch
+  import transformers
+
+  torch.set_num_threads(os.cpu_count() or 1)
+  lines = []
+  with tempfile.TemporaryDirectory() as tmp:
+    models.save_hf(target, os.path.join(tmp, "t"))
+    models.save_hf(draft, os.path.join(tmp, "d"))
+    pt_t = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(tmp, "t")).eval()
+    pt_d = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(tmp, "d")).eval()
+  eos = list(target.config.eos_token_ids) or None
+  kw = dict(do_sample=False, max_new_tokens=max_new, min_new_tokens=0, eos_token_id=eos,
+            pad_token_id=target.config.pad_token_id, num_assistant_tokens=gamma,
+            num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0)
+  ours, _ = sampling.speculative_generate(target, draft, prompts, max_new, gamma=gamma)
+  same, tokens, wall = 0, 0, 0.0
+  with torch.no_grad():
+    pt_t.generate(torch.tensor([prompts[0]]), assistant_model=pt_d, **kw)  # warm-up
+    for p, mine in zip(prompts, ours):
+      t0 = time.perf_counter()
+      res = pt_t.generate(torch.tensor([p]), assistant_model=pt_d, **kw)
+      wall += time.perf_counter() - t0
+      got = res[0, len(p):].tolist()
+      tokens += len(got)
+      same += got == mine
+  hf_tps = tokens / wall
+  lines.append(f"| transformers assisted generation (PyTorch CPU), B=1, greedy, gamma={gamma} | "
+               f"{hf_tps:,.1f} | ours {ours_tps:,.1f} | ours / theirs {ours_tps / hf_tps:.2f}x | "
+               f"identical ids {same}/{len(prompts)} |")
+  try:
+    batch = torch.tensor([p[:min(map(len, prompts))] for p in prompts[:8]])
+    pt_t.generate(batch, assistant_model=pt_d, **kw)
+    lines.append("| transformers assisted generation, B=8 | ran | | | |")
+  except Exception as e:  # noqa: BLE001 - report whatever transformers says
+    lines.append(f"| transformers assisted generation, B=8 | fails: `{type(e).__name__}: "
+                 f"{str(e).splitlines()[0][:90]}` | | | |")
+  return lines
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--target", required=True)
+  p.add_argument("--draft", required=True)
+  p.add_argument("--prompts", default=None)
+  p.add_argument("--num_prompts", type=int, default=8)
+  p.add_argument("--max_new_tokens", type=int, default=64)
+  p.add_argument("--gammas", default="2,4,8")
+  p.add_argument("--batches", default="1,8")
+  p.add_argument("--temperatures", default="0,1")
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--hf_gamma", type=int, default=4)
+  p.add_argument("--skip_hf", action="store_true")
+  p.add_argument("--out", default="experiments/results/decode_benchmark.md")
+  args = p.parse_args(argv)
+
+  target, draft = loading.load_model(args.target), loading.load_model(args.draft)
+  prompts = (read_prompts(args.prompts, args.target) if args.prompts
+             else default_prompts(args.target, args.num_prompts))[: args.num_prompts]
+  n_new = args.max_new_tokens
+  gammas = [int(g) for g in args.gammas.split(",")]
+  temps = [float(t) for t in args.temperatures.split(",")]
+  rows, hf_lines, b1_greedy_tps = [], [], {}
+  for batch in [int(b) for b in args.batches.split(",")]:
+    batch_prompts = [prompts[i % len(prompts)] for i in range(batch)] if batch > 1 else prompts[:1]
+    cache = max(map(len, batch_prompts)) + n_new + max(gammas) + 16
+    c = step_seconds(draft, batch, cache) / step_seconds(target, batch, cache)
+    for temp in temps:
+      def ar():
+        g = sampling.generate_batch(target, batch_prompts, n_new, temp, rng=1)
+        return int(g.lengths.sum()), g.wall_seconds
+      ar_tokens, ar_wall = timed_runs(ar, args.repeats)
+      ar_tps = ar_tokens / ar_wall
+      for gamma in gammas:
+        def sd():
+          out, st = sampling.speculative_generate(target, draft, batch_prompts, n_new, gamma=gamma,
+                                                  temperature=temp, rng=1)
+          return st, st["wall_seconds"]
+        st, _ = timed_runs(sd, args.repeats)
+        theory = theoretical_speedup(st["alpha"], gamma, c)
+        measured = st["tokens_per_second"] / ar_tps
+        if batch == 1 and temp == 0.0:
+          b1_greedy_tps[gamma] = st["tokens_per_second"]
+        rows.append(f"| {batch} | {temp:g} | {gamma} | {ar_tps:,.1f} | {st['tokens_per_second']:,.1f} | "
+                    f"{c:.3f} | {st['alpha']:.3f} | {st['tau']:.2f} | {theory:.2f} | {measured:.2f} | "
+                    f"{measured / theory:.2f} |")
+        print(rows[-1], flush=True)
+  if not args.skip_hf:
+    g = args.hf_gamma
+    hf_lines = ours_vs_transformers(target, draft, prompts, g, n_new, b1_greedy_tps.get(g, float("nan")))
+    print("\n".join(hf_lines))
+
+  t_params, d_params = target.config.num_params(), draft.config.num_params()
+  text = "\n".join([
+      "# Decode benchmark: speculative vs autoregressive", "",
+      f"Command: `python experiments/bench_decode.py --target {args.target} --draft {args.draft}"
+      f" --max_new_tokens {n_new}`", "",
+      f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} "
+      f"({jax.devices()[0].platform}). Target {t_params / 1e6:.1f}M params, draft "
+      f"{d_params / 1e6:.2f}M params; {len(prompts)} prompts, {n_new} new tokens each; "
+      f"median of {args.repeats} timed runs after a warm-up (compilation excluded).", "",
+      "c = measured draft step time / target step time at that batch and cache size. "
+      "Theoretical speedup = (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1)).", "",
+      "| batch | temperature | gamma | AR tok/s | SD tok/s | c | alpha | tau | theory | measured | measured/theory |",
+      "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+      *rows, "",
+      "## Against transformers' assisted generation", "",
+      "| system | tok/s | | | |", "|---|---:|---|---|---|", *hf_lines, ""])
+  if args.out:
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as fh:
+      fh.write(text)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,52 @@
+"""Routing among drafters: exact at temperature 0 and 1; prefers the better drafter."""
+
+import numpy as np
+import pytest
+
+from specdistill_jax import sampling
+from tests.sampling.helpers import FALSE_ALARM, chi_square_pvalue, exact_joint, tiny, uniform_draft
+
+PROMPTS = [[1, 2, 3], [4], [7, 8, 9, 10, 11, 12, 13]]
+
+
+@pytest.mark.parametrize("signal", ["confidence", "entropy"])
+def test_greedy_routing_equals_greedy_target(signal):
+  target = tiny(eos=(5,))
+  drafts = [tiny(preset="micro", seed=1, eos=(5,)), tiny(preset="micro", seed=2, eos=(5,))]
+  out, stats = sampling.routed_speculative_generate(target, drafts, PROMPTS, 15, gamma=3, signal=signal)
+  assert out == sampling.generate(target, PROMPTS, 15)
+  assert abs(sum(stats["drafter_share"]) - 1.0) < 1e-9
+
+
+def test_routing_picks_the_confident_right_drafter():
+  target = tiny(vocab=61)
+  bad = uniform_draft(61)  # all logits 0: confidence (1/61)^k
+  out, stats = sampling.routed_speculative_generate(target, [bad, target], PROMPTS, 12, gamma=3)
+  assert out == sampling.generate(target, PROMPTS, 12)
+  assert stats["drafter_share"][1] > 0.9 and stats["alpha"] > 0.9
+
+
+def test_sampled_routing_has_target_distribution():
+  target = tiny(vocab=8, preset="micro", seed=2)
+  drafts = [tiny(vocab=8, preset="micro", seed=7), tiny(vocab=8, preset="micro", seed=8)]
+  out, stats = sampling.routed_speculative_generate(target, drafts, [[1, 2, 3]] * 3000, 2,
+                                                    gamma=3, temperature=1.0, rng=4)
+  samples = np.asarray([o[:2] for o in out])
+  assert min(stats["drafter_share"]) > 0.05  # both drafters really get used
+  assert chi_square_pvalue(samples, exact_joint(target, [1, 2, 3])) > FALSE_ALARM
+
+
+def test_parameter_average_of_copies_is_the_copy_and_mismatch_is_an_error():
+  d = tiny(preset="micro", seed=1)
+  avg = sampling.average_params([d, tiny(preset="micro", seed=1)])
+  assert sampling.generate(avg, PROMPTS, 5) == sampling.generate(d, PROMPTS, 5)
+  with pytest.raises(ValueError, match="different ModelConfig"):
+    sampling.average_params([d, tiny()])
+
+
+def test_bad_routing_arguments():
+  t, d = tiny(), tiny(preset="micro")
+  with pytest.raises(ValueError, match="at least 2 drafters"):
+    sampling.routed_speculative_generate(t, [d], PROMPTS, 4)
+  with pytest.raises(ValueError, match="signal 'votes'"):
+    sampling.routed_speculative_generate(t, [d, d], PROMPTS, 4, signal="votes")
