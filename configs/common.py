@@ -9,6 +9,7 @@ Any field can also be overridden on the command line: `--config.train.steps=100`
 from __future__ import annotations
 
 import ast
+import os
 from typing import Any, Optional
 
 import ml_collections
@@ -48,6 +49,19 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_co
   return config
 
 
+def world(*parts: str) -> str:
+  """A path inside the CPU-scale model world (experiments/build_world.py builds it).
+
+  Root: $SPECDISTILL_WORLD, default ./workdir/world.
+  """
+  return os.path.join(os.environ.get("SPECDISTILL_WORLD", os.path.join("workdir", "world")), *parts)
+
+
+def data_dir() -> str:
+  """Prepared corpora: $SPECDISTILL_DATA_DIR, default ./workdir/data."""
+  return os.environ.get("SPECDISTILL_DATA_DIR", os.path.join("workdir", "data"))
+
+
 def mesh(data: int = 1, fsdp: int = -1, tensor: int = 1) -> ml_collections.ConfigDict:
   """Mesh sizes for ('data', 'fsdp', 'tensor'); -1 takes the rest of the devices."""
   return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
@@ -68,3 +82,67 @@ def model(preset: str = "", hf_path: str = "", checkpoint: str = "", dtype: str 
   return ml_collections.ConfigDict(dict(
       preset=preset, hf_path=hf_path, checkpoint=checkpoint, dtype=dtype, seed=seed,
       overrides=ml_collections.ConfigDict(overrides)))
+
+
+def train_config() -> ml_collections.ConfigDict:
+  """Every field the train entry point reads, with defaults; studies fork and override it.
+
+  Model specs (`target`, `draft`, `reference`) use `model()`; an empty spec means
+  "none" (no target: plain LM training with loss 'ce').
+  """
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data_dir = ""  # default: $SPECDISTILL_DATA_DIR or ./workdir/data
+  c.tokenizer = ""  # default: {data_dir}/tokenizer
+  c.target = model()  # the frozen teacher
+  c.draft = model()  # the model being trained
+  c.reference = model()  # AdaSPEC's reference draft
+  c.data = ml_collections.ConfigDict(dict(
+      corpora="sharegpt_chat",  # comma-separated bundled or TFDS corpora, concatenated
+      corpus_config="full",  # 'full' or 'small' (bundled corpora)
+      split="train",
+      documents=False,  # train on documents (no prompts): the curated-text scenario
+      max_examples=0,  # 0 = all; else the first N (data-scaling curves)
+      max_len=128,
+      max_prompt_len=64,
+      mode="pad",  # 'pad' (one example per row) or 'pack'
+      pack_factor=4,
+      loss_on_prompt=False,  # LM pretraining: loss on every token
+      batch_size=16,
+      # fixed | teacher_offline | teacher_online | on_policy | mixture
+      source="fixed",
+      prompts="dataset",  # generating sources: 'dataset' (historical queries) or 'synthetic' (Magpie)
+      num_prompts=1024,  # prompts in the offline cache / synthetic set
+      mixture_lambda=0.5,  # fraction of each batch on-policy (source 'mixture')
+      gen_temperature=1.0,  # sampling temperature of generated data
+      max_new_tokens=64,
+      black_box=False,  # generated data without logits: loss must be 'ce'
+      top_k=16,  # top-k logits kept by the offline cache
+      offline_cache="",  # default: {workdir}/teacher_cache
+      eval_corpora="",  # default: corpora
+      eval_split="validation",
+  ))
+  c.objective = ml_collections.ConfigDict(dict(
+      loss="fkl",  # fkl | rkl | jsd | tvd | ce | adaspec
+      beta=0.5,  # generalized JSD beta
+      temperature=1.0,
+      adaspec_fraction=0.4,
+      chunk_tokens=128,  # tokens per loss chunk (logits never materialised for all tokens); 0 = off
+  ))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-3, warmup_steps=50, weight_decay=0.01, clip_norm=1.0, b1=0.9, b2=0.95,
+      final_fraction=0.1))
+  c.train = ml_collections.ConfigDict(dict(
+      steps=500, log_every=10, eval_every=100, eval_batches=4, checkpoint_every=100, keep=2,
+      async_checkpoints=True))
+  c.eval = ml_collections.ConfigDict(dict(
+      speculative=True,  # alpha/tau from a short real speculative run at each eval
+      gamma=4,
+      temperature=-1.0,  # < 0: the generated data's temperature (or 0 for fixed data)
+      num_prompts=8,
+      max_new_tokens=32,
+  ))
+  c.mesh = mesh()
+  c.sharding_rules = sharding_rules()
+  c.export_hf = "hf"  # HF directory (relative to workdir) written at the end; '' = none
+  return c

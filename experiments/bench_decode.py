@@ -29,42 +29,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
 
 from specdistill_jax import loading, models, sampling  # noqa: E402
-
-
-def step_seconds(model, batch: int, cache: int, steps: int = 32) -> float:
-  """Seconds per cached one-token forward at this batch and cache size (best of 5)."""
-  graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def run(state, cache_state, token):
-    m = nnx.merge(graphdef, state)
-
-    def body(_, carry):
-      c, t = carry
-      logits, c = m.forward_cached(t, c)
-      return c, jnp.argmax(logits, -1).astype(jnp.int32)
-
-    return jax.lax.fori_loop(0, steps, body, (cache_state, token))
-
-  c0 = models.init_cache(model.config, batch, cache).with_lengths(jnp.full((batch,), cache // 4))
-  tok = jnp.zeros((batch, 1), jnp.int32)
-  jax.block_until_ready(run(state, c0, tok))
-  best = float("inf")
-  for _ in range(5):
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(state, c0, tok))
-    best = min(best, time.perf_counter() - t0)
-  return best / steps
-
-
-def theoretical_speedup(alpha: float, gamma: int, c: float) -> float:
-  if alpha >= 1.0:
-    return (gamma + 1) / (gamma * c + 1)
-  return (1 - alpha ** (gamma + 1)) / ((1 - alpha) * (gamma * c + 1))
+from specdistill_jax.evaluate import step_seconds, theoretical_speedup  # noqa: E402
 
 
 def default_prompts(target_dir: str, n: int) -> list[list[int]]:

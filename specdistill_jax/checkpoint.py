@@ -52,6 +52,8 @@ class Checkpointer:
 
   def save(self, step: int, state, metadata: Optional[dict] = None, force: bool = False) -> bool:
     """Save when `step` is due (or `force`); returns whether a save started."""
+    if self.manager.latest_step() == int(step):
+      return False  # already saved (e.g. a forced final save on an interval step)
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               meta=ocp.args.JsonSave(dict(metadata or {})))
     return self.manager.save(int(step), args=args, force=force)

@@ -46,9 +46,10 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
     if n % known:
       raise ValueError(f"{n} devices cannot be split into mesh {dict(zip(MESH_AXES, shape))}")
     shape[shape.index(-1)] = n // known
-  if int(np.prod(shape)) != n:
+  if int(np.prod(shape)) > n:
     raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, "
                      f"but {n} are available; set one axis to -1 to use the rest")
+  devices = devices[: int(np.prod(shape))]  # a smaller mesh uses the first devices
   if devices[0].platform == "tpu":  # physical-topology-aware order on TPU slices
     from jax.experimental import mesh_utils
     grid = mesh_utils.create_device_mesh(shape, devices)

@@ -19,3 +19,13 @@ def torch():
   torch = pytest.importorskip("torch")
   torch.set_num_threads(1)
   return torch
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+  """One build of every bundled corpus ('small' configs) and a 1024-token BPE, shared by tests."""
+  from specdistill_jax.data import prepare
+  data_dir = str(tmp_path_factory.mktemp("data"))
+  chat, stats, _ = prepare.prepare(data_dir, list(prepare.corpora.BUNDLED), "small", vocab_size=1024,
+                                   tokenizer_chars=300_000)
+  return data_dir, chat, stats

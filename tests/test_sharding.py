@@ -41,6 +41,7 @@ def test_mesh_sizes_and_errors():
   assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
   with pytest.raises(ValueError, match="needs 12 devices"):
     sharding.make_mesh(3, 2, 2)
+  assert sharding.make_mesh(1, 1, 1).devices.size == 1  # a smaller mesh takes the first devices
   with pytest.raises(ValueError, match="at most one"):
     sharding.make_mesh(-1, -1, 1)
 

@@ -163,25 +163,36 @@ class Transformer(nnx.Module):
   def _embed(self, tokens):
     return jnp.take(self.embed[...], tokens, axis=0).astype(self.config.jnp_dtype)
 
-  def _logits(self, x):
-    x = self.final_norm(x)
+  def project(self, h):
+    """Final hidden states [..., D] (after the final norm) -> fp32 logits [..., V]."""
     dt = self.config.jnp_dtype
     if self.config.tie_embeddings:
-      logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(dt),
+      logits = jnp.einsum("...d,vd->...v", h, self.embed[...].astype(dt),
                           preferred_element_type=jnp.float32)
     else:
-      logits = jnp.einsum("btd,dv->btv", x, self.lm_head[...].astype(dt),
+      logits = jnp.einsum("...d,dv->...v", h, self.lm_head[...].astype(dt),
                           preferred_element_type=jnp.float32)
     return logits.astype(jnp.float32)
 
-  def __call__(self, tokens, *, positions=None, segment_ids=None):
-    """Full-sequence forward. tokens [B,T] int; segment_ids [B,T] (0 = padding)."""
+  def _logits(self, x):
+    return self.project(self.final_norm(x))
+
+  def hidden(self, tokens, *, positions=None, segment_ids=None):
+    """Final-normed hidden states [B, T, D]; `project` turns them into logits.
+
+    Losses over large vocabularies project chunk by chunk instead of
+    materialising [B, T, V] (see distill/step.py).
+    """
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
     x = self._embed(tokens)
     for block in self.layers:
       x = block(x, positions, segment_ids)
-    return self._logits(x)
+    return self.final_norm(x)
+
+  def __call__(self, tokens, *, positions=None, segment_ids=None):
+    """Full-sequence forward. tokens [B,T] int; segment_ids [B,T] (0 = padding) -> logits [B,T,V]."""
+    return self.project(self.hidden(tokens, positions=positions, segment_ids=segment_ids))
 
   def forward_cached(self, tokens, cache: kvc.KVCache, num_valid=None):
     """Feed tokens [B,T] at each row's offset; the first num_valid[b] of them are real.

@@ -1,0 +1,198 @@
+"""From an experiment config to the objects a run needs: tokenizer, models, data source, objective.
+
+Models come from a spec (see configs/common.model): an HF directory, an
+orbax model checkpoint, or a named preset sized to the tokenizer. The data
+source and the objective are chosen together (the source decides whether the
+teacher signal is online logits, cached top-k logits or tokens only), and every
+inconsistent combination raises a clear error naming the config fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import jax
+import numpy as np
+
+from specdistill_jax import loading, models
+from specdistill_jax.data import corpora, prompts as prompt_sets
+from specdistill_jax.data.corpora import TextSource
+from specdistill_jax.data.pipeline import BatchPipeline
+from specdistill_jax.data.tokenizer import ChatFormat
+from specdistill_jax.distill import sources as src
+from specdistill_jax.distill.step import Objective
+from specdistill_jax.distill.teacher_cache import TeacherCache, build_teacher_cache
+
+SOURCES = ("fixed", "teacher_offline", "teacher_online", "on_policy", "mixture")
+
+
+@dataclasses.dataclass
+class Components:
+  chat: ChatFormat
+  tokenizer_dir: str
+  draft: models.Transformer
+  target: Optional[models.Transformer]
+  reference: Optional[models.Transformer]
+  source: src.Source
+  objective: Objective
+  eval_pipeline: BatchPipeline
+  eval_prompts: list
+  eval_temperature: float
+
+
+def spec_is_set(spec) -> bool:
+  return bool(spec.hf_path or spec.checkpoint or spec.preset)
+
+
+def build_model(spec, chat: ChatFormat, what: str) -> Optional[models.Transformer]:
+  """The model a spec describes, or None if the spec is empty."""
+  if spec.hf_path:
+    return loading.load_model(spec.hf_path, dtype=np.dtype(spec.dtype))
+  if spec.checkpoint:
+    return loading.load_model(spec.checkpoint)
+  if spec.preset:
+    overrides = dict(spec.overrides)
+    vocab = overrides.pop("vocab_size", chat.vocab_size)
+    cfg = models.preset(spec.preset, vocab, eos_token_ids=(chat.eos,), bos_token_id=chat.bos,
+                        pad_token_id=chat.pad, dtype=spec.dtype, param_dtype=spec.dtype, **overrides)
+    return models.create(cfg, seed=spec.seed)
+  return None
+
+
+def check_vocab(chat: ChatFormat, named: dict) -> None:
+  for name, model in named.items():
+    if model is not None and model.config.vocab_size < chat.vocab_size:
+      raise ValueError(f"{name} vocab_size={model.config.vocab_size} is smaller than the tokenizer's "
+                       f"{chat.vocab_size}: use the tokenizer the model was trained with (config.tokenizer)")
+  sizes = {n: m.config.vocab_size for n, m in named.items() if m is not None}
+  if len(set(sizes.values())) > 1:
+    raise ValueError(f"vocabulary mismatch between models {sizes}: draft, target and reference must "
+                     "share one vocabulary (same tokenizer)")
+
+
+def text_source(config, chat: ChatFormat, corpora_names: str, split: str, limit: int = 0) -> TextSource:
+  d = config.data
+  parts = [corpora.load(name.strip(), split, config.data_dir or None, d.corpus_config, d.documents)
+           for name in corpora_names.split(",") if name.strip()]
+  if not parts:
+    raise ValueError("config.data.corpora is empty")
+  if len(parts) == 1:
+    source = parts[0]
+  else:
+    offsets = np.cumsum([0] + [len(p) for p in parts])
+
+    def get(i):
+      k = int(np.searchsorted(offsets, i, side="right") - 1)
+      return parts[k][i - offsets[k]]
+
+    source = TextSource(get, int(offsets[-1]), "+".join(p.name for p in parts))
+  if limit:
+    order = np.random.default_rng(config.seed).permutation(len(source))[:limit]
+    base = source
+    source = TextSource(lambda i: base[int(order[i])], len(order), f"{base.name}[:{limit}]")
+  return source
+
+
+def pipeline(config, chat, text: TextSource, seed: int, mode: Optional[str] = None) -> BatchPipeline:
+  d = config.data
+  return BatchPipeline(text, chat, d.batch_size, d.max_len, seed=seed, mode=mode or d.mode,
+                       max_prompt_len=d.max_prompt_len, loss_on_prompt=d.loss_on_prompt,
+                       pack_factor=d.pack_factor, process_index=jax.process_index(),
+                       process_count=jax.process_count())
+
+
+def _prompt_list(config, chat, target, fixed: BatchPipeline, workdir: str) -> list[list[int]]:
+  d = config.data
+  if d.prompts == "dataset":
+    at = src.pipeline_prompts(fixed)
+    out: list[list[int]] = []
+    step = 0
+    while len(out) < d.num_prompts:
+      out += at(step)
+      step += 1
+    return out[: d.num_prompts]
+  if d.prompts != "synthetic":
+    raise ValueError(f"config.data.prompts={d.prompts!r} must be 'dataset' or 'synthetic'")
+  if target is None:
+    raise ValueError("synthetic (Magpie) prompts need a target model to write them")
+  path = os.path.join(workdir, "synthetic_prompts.json")
+  if os.path.exists(path):
+    with open(path) as fh:
+      return json.load(fh)
+  made = prompt_sets.synthetic_prompts(target, chat, d.num_prompts, rng=config.seed,
+                                       max_query_tokens=d.max_prompt_len // 2)
+  made = [p[-d.max_prompt_len:] if len(p) > d.max_prompt_len else p for p in made]
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as fh:
+      json.dump(made, fh)
+  return made
+
+
+def build_source(config, chat, target, workdir: str, needs_logits: bool) -> src.Source:
+  d = config.data
+  if d.source not in SOURCES:
+    raise ValueError(f"unknown data source {d.source!r}; choose one of {SOURCES}")
+  fixed = pipeline(config, chat, text_source(config, chat, d.corpora, d.split, d.max_examples), config.seed)
+  if d.source == "fixed":
+    return src.FixedSource(fixed, teacher="online" if (needs_logits and target is not None) else "tokens")
+  if target is None:
+    raise ValueError(f"data source {d.source!r} needs a target model (config.target)")
+  if not 0 < d.max_new_tokens < d.max_len:
+    raise ValueError(f"max_new_tokens={d.max_new_tokens} must be in [1, max_len={d.max_len})")
+  prompt_list = _prompt_list(config, chat, target, fixed, workdir)
+  prompts = src.PromptSet(prompt_list, d.batch_size, config.seed, jax.process_index(), jax.process_count())
+  gen = dict(batch_size=d.batch_size, max_len=d.max_len, max_new_tokens=d.max_new_tokens,
+             temperature=d.gen_temperature, seed=config.seed)
+  if d.source == "teacher_offline":
+    path = d.offline_cache or os.path.join(workdir, "teacher_cache")
+    top_k = 0 if d.black_box else d.top_k
+    build_teacher_cache(path, target, prompt_list, max_len=d.max_len, max_new_tokens=d.max_new_tokens,
+                        temperature=d.gen_temperature, top_k=top_k, seed=config.seed,
+                        description=json.dumps(target.config.to_dict(), sort_keys=True)[:200])
+    return src.TeacherOfflineSource(TeacherCache(path), d.batch_size, config.seed,
+                                    white_box=not d.black_box, process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+  if d.source == "teacher_online":
+    return src.TeacherOnlineSource(target, prompts, white_box=not d.black_box, **gen)
+  on_policy = src.OnPolicySource(prompts, pad_id=target.config.pad_token_id, **gen)
+  if d.source == "on_policy":
+    return on_policy
+  return src.MixtureSource(on_policy, src.FixedSource(fixed, "online"), d.mixture_lambda)
+
+
+def build(config, workdir: str) -> Components:
+  data_dir = config.data_dir or corpora.default_data_dir()
+  tokenizer_dir = config.tokenizer or os.path.join(data_dir, "tokenizer")
+  chat = ChatFormat(loading.load_tokenizer(tokenizer_dir))
+  if not spec_is_set(config.draft):
+    raise ValueError("config.draft is empty: set draft.preset, draft.hf_path or draft.checkpoint")
+  draft = build_model(config.draft, chat, "draft")
+  target = build_model(config.target, chat, "target")
+  loss = config.objective.loss
+  reference = build_model(config.reference, chat, "reference") if loss == "adaspec" else None
+  if loss == "adaspec" and reference is None:
+    raise ValueError("loss 'adaspec' needs config.reference (the draft after plain KD)")
+  check_vocab(chat, {"draft": draft, "target": target, "reference": reference})
+  source = build_source(config, chat, target, workdir, needs_logits=loss != "ce")
+  objective = Objective(loss=loss, teacher=source.teacher, beta=config.objective.beta,
+                        temperature=config.objective.temperature,
+                        adaspec_fraction=config.objective.adaspec_fraction)
+  if objective.needs_target and target is None:
+    raise ValueError(f"loss {loss!r} on source {config.data.source!r} needs a target (config.target)")
+  eval_text = text_source(config, chat, config.data.eval_corpora or config.data.corpora,
+                          config.data.eval_split)
+  eval_pipe = pipeline(config, chat, eval_text, seed=1234, mode="pad")
+  eval_prompts = [p[-config.data.max_prompt_len:] for p in src.pipeline_prompts(eval_pipe)(0)]
+  eval_prompts = (eval_prompts * (config.eval.num_prompts // max(len(eval_prompts), 1) + 1))[:config.eval.num_prompts]
+  temperature = config.eval.temperature
+  if temperature < 0:  # evaluate at the temperature the data was generated at
+    temperature = getattr(source, "temperature", None)
+    if temperature is None and hasattr(source, "cache"):
+      temperature = source.cache.meta["temperature"]
+    temperature = float(temperature or 0.0)
+  return Components(chat, tokenizer_dir, draft, target, reference, source, objective, eval_pipe,
+                    eval_prompts, temperature)

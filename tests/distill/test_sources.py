@@ -1,0 +1,87 @@
+"""Every data source yields batches of the right shapes, with the loss on responses only."""
+
+import os
+
+import numpy as np
+import pytest
+
+from specdistill_jax.data import BATCH_FIELDS
+from specdistill_jax.distill import components, teacher_cache
+from tests.distill.helpers import micro_config
+
+CASES = [("fixed", False, "online"), ("teacher_offline", False, "topk"), ("teacher_offline", True, "tokens"),
+         ("teacher_online", False, "online"), ("teacher_online", True, "tokens"), ("on_policy", False, "online"),
+         ("mixture", False, "online")]
+
+
+@pytest.mark.parametrize("source,black_box,teacher", CASES)
+def test_source_batches_have_shapes_and_response_masks(small_data, tmp_path, source, black_box, teacher):
+  cfg = micro_config(small_data[0], source, "ce" if black_box else "fkl", black_box=black_box)
+  parts = components.build(cfg, str(tmp_path))
+  assert parts.source.teacher == teacher
+  batch = parts.source.batch(3, parts.draft)
+  b, t = cfg.data.batch_size, cfg.data.max_len
+  for k in BATCH_FIELDS:
+    assert batch[k].shape[0] == b
+  assert batch["tokens"].shape == batch["loss_mask"].shape == (b, t)
+  if teacher == "topk":
+    assert batch["topk_values"].shape == batch["topk_indices"].shape == (b, t, cfg.data.top_k)
+  else:
+    assert "topk_values" not in batch
+  chat = parts.chat
+  for r in range(b):
+    plen, n = int(batch["prompt_lengths"][r]), int(batch["lengths"][r])
+    assert 0 < plen < n <= t
+    assert batch["loss_mask"][r, :plen].sum() == 0 and batch["loss_mask"][r, n:].sum() == 0
+    assert batch["loss_mask"][r, plen:n].all()
+    marker = [chat.assistant] + chat.newline
+    assert list(batch["tokens"][r, plen - len(marker):plen]) == marker  # prompt ends at the marker
+  again = parts.source.batch(3, parts.draft)
+  np.testing.assert_array_equal(again["tokens"], batch["tokens"])  # deterministic in the step
+
+
+def test_mixture_rows_split_by_lambda(small_data, tmp_path):
+  cfg = micro_config(small_data[0], "mixture", mixture_lambda=0.5)
+  parts = components.build(cfg, str(tmp_path))
+  mixed = parts.source.batch(2, parts.draft)
+  fixed = parts.source.other.batch(2)
+  np.testing.assert_array_equal(mixed["tokens"][2:], fixed["tokens"][2:])  # the rest: ground truth
+  np.testing.assert_array_equal(mixed["prompt_lengths"][:2], fixed["prompt_lengths"][:2])  # same prompts
+  assert not np.array_equal(mixed["tokens"][:2], fixed["tokens"][:2])  # but draft-written responses
+
+
+def test_offline_cache_records_settings_and_costs_o_k(small_data, tmp_path):
+  cfg = micro_config(small_data[0], "teacher_offline", gen_temperature=0.7)
+  parts = components.build(cfg, str(tmp_path))
+  meta = parts.source.cache.meta
+  assert meta["temperature"] == 0.7 and meta["max_new_tokens"] == 12 and meta["top_k"] == 8
+  assert parts.eval_temperature == 0.7  # evaluation reuses the generation temperature
+  assert meta["bytes_per_token"] == 5 + 8 * (4 + 2) + 4
+  assert meta["full_logits_bytes_per_token"] == 4 * parts.chat.vocab_size
+  # a second build with the same settings reuses it; other settings are refused
+  mtime = os.path.getmtime(os.path.join(tmp_path, "teacher_cache", "tokens.npy"))
+  components.build(cfg, str(tmp_path))
+  assert os.path.getmtime(os.path.join(tmp_path, "teacher_cache", "tokens.npy")) == mtime
+  cfg.data.gen_temperature = 1.0
+  with pytest.raises(ValueError, match="other settings"):
+    components.build(cfg, str(tmp_path))
+
+
+def test_top_k_cache_matches_the_target(small_data, tmp_path):
+  cfg = micro_config(small_data[0], "teacher_offline")
+  parts = components.build(cfg, str(tmp_path))
+  batch = parts.source.batch(0)
+  import jax.numpy as jnp
+  logits = np.asarray(parts.target(jnp.asarray(batch["tokens"]), positions=jnp.asarray(batch["positions"]),
+                                   segment_ids=jnp.asarray(batch["segment_ids"])))
+  r, i = 0, int(batch["prompt_lengths"][0])
+  np.testing.assert_allclose(batch["topk_values"][r, i], np.sort(logits[r, i])[::-1][:8], rtol=1e-5)
+  np.testing.assert_allclose(batch["log_normalizer"][r, i], np.log(np.exp(logits[r, i]).sum()), rtol=1e-5)
+
+
+def test_sequences_from_generation_masks_generated_part_only():
+  out = teacher_cache.sequences_from_generation([[1, 2, 3], [4]], np.array([[7, 8, 0], [9, 0, 0]]),
+                                                np.array([2, 1]), max_len=6, pad_id=0)
+  np.testing.assert_array_equal(out["tokens"], [[1, 2, 3, 7, 8, 0], [4, 9, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(out["loss_mask"], [[0, 0, 0, 1, 1, 0], [0, 1, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(out["lengths"], [5, 2])
