@@ -73,15 +73,17 @@ def sharding_rules() -> tuple:
 
 
 def model(preset: str = "", hf_path: str = "", checkpoint: str = "", dtype: str = "float32",
-          seed: int = 0, **overrides) -> ml_collections.ConfigDict:
+          param_dtype: str = "float32", seed: int = 0, **overrides) -> ml_collections.ConfigDict:
   """Where a model comes from: an HF directory, an orbax model checkpoint, or a preset.
 
   The first that is set wins (hf_path, then checkpoint, then preset). A preset
   takes its vocabulary from the tokenizer; `overrides` change preset fields.
+  dtype is the compute dtype (bfloat16 = mixed precision: bf16 matmuls with fp32
+  accumulation); param_dtype the storage dtype of the parameters.
   """
   return ml_collections.ConfigDict(dict(
-      preset=preset, hf_path=hf_path, checkpoint=checkpoint, dtype=dtype, seed=seed,
-      overrides=ml_collections.ConfigDict(overrides)))
+      preset=preset, hf_path=hf_path, checkpoint=checkpoint, dtype=dtype, param_dtype=param_dtype,
+      seed=seed, overrides=ml_collections.ConfigDict(overrides)))
 
 
 def train_config() -> ml_collections.ConfigDict:

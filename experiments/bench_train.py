@@ -30,9 +30,10 @@ from specdistill_jax.distill import state as state_lib, step as step_lib  # noqa
 from specdistill_jax.distill.teacher_cache import teacher_topk  # noqa: E402
 
 
-def matmul_flops(n: int = 2048) -> float:
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
-  f = jax.jit(lambda a: a @ a)
+def matmul_flops(n: int = 2048, dtype=jnp.float32) -> float:
+  """FLOP/s of an n^3 matmul in `dtype` with fp32 accumulation (the model's matmul kind)."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n)).astype(dtype)
+  f = jax.jit(lambda a: jnp.einsum("ij,jk->ik", a, a, preferred_element_type=jnp.float32))
   jax.block_until_ready(f(a))
   best = min(_time(lambda: jax.block_until_ready(f(a))) for _ in range(5))
   return 2 * n ** 3 / best
@@ -79,29 +80,31 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--target", default="target-20m")
   p.add_argument("--draft", default="draft-2m")
+  p.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes (params stay fp32)")
   p.add_argument("--out", default="experiments/results/train_benchmark.md")
   args = p.parse_args(argv)
 
-  target = models.create(models.preset(args.target, args.vocab), seed=0)
-  draft = models.create(models.preset(args.draft, args.vocab), seed=1)
   rng = np.random.default_rng(0)
   b, t = args.batch, args.seq
   batch = dict(tokens=jnp.asarray(rng.integers(0, args.vocab, (b, t)), jnp.int32),
                loss_mask=jnp.ones((b, t), jnp.float32), segment_ids=jnp.ones((b, t), jnp.int32),
                positions=jnp.tile(jnp.arange(t, dtype=jnp.int32), (b, 1)))
-  teacher = teacher_topk(target, batch, args.top_k)
-  offline_batch = dict(batch, topk_values=teacher.values, topk_indices=teacher.indices,
-                       log_normalizer=teacher.log_normalizer)
-  peak = matmul_flops()
-  rows = []
-  for name, objective, data, online in (
-      ("online white-box (target forward in the step)", step_lib.Objective("fkl", "online"), batch, True),
-      (f"offline top-{args.top_k} (cached teacher)", step_lib.Objective("fkl", "topk"), offline_batch, False)):
-    sec = bench(objective, draft, target, data, args.steps)
-    tokens = b * (t - 1)
-    flops = tokens * train_flops_per_token(target, draft, t, online) / sec
-    rows.append(f"| {name} | {tokens / sec:,.0f} | {flops / 1e9:.1f} | {flops / peak:.2f} |")
-    print(rows[-1], flush=True)
+  rows, peaks = [], {}
+  for dtype in args.dtypes.split(","):
+    target = models.create(models.preset(args.target, args.vocab, dtype=dtype), seed=0)
+    draft = models.create(models.preset(args.draft, args.vocab, dtype=dtype), seed=1)
+    teacher = teacher_topk(target, batch, args.top_k)
+    offline_batch = dict(batch, topk_values=teacher.values, topk_indices=teacher.indices,
+                         log_normalizer=teacher.log_normalizer)
+    peak = peaks[dtype] = matmul_flops(dtype=jnp.dtype(dtype))
+    for name, objective, data, online in (
+        ("online white-box (target forward in the step)", step_lib.Objective("fkl", "online"), batch, True),
+        (f"offline top-{args.top_k} (cached teacher)", step_lib.Objective("fkl", "topk"), offline_batch, False)):
+      sec = bench(objective, draft, target, data, args.steps)
+      tokens = b * (t - 1)
+      flops = tokens * train_flops_per_token(target, draft, t, online) / sec
+      rows.append(f"| {name} | {dtype} | {tokens / sec:,.0f} | {flops / 1e9:.1f} | {flops / peak:.2f} |")
+      print(rows[-1], flush=True)
   idx_bytes = 2 if args.vocab <= 32767 else 4
   cache = 5 + args.top_k * (4 + idx_bytes) + 4
   full = 4 * args.vocab
@@ -111,10 +114,13 @@ def main(argv=None):
       f"--top_k {args.top_k}`", "",
       f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} "
       f"({jax.devices()[0].platform}). Draft `{args.draft}` {draft.config.num_params() / 1e6:.2f}M params, "
-      f"target `{args.target}` {target.config.num_params() / 1e6:.1f}M params, fp32, forward KL, "
+      f"target `{args.target}` {target.config.num_params() / 1e6:.1f}M params, fp32 parameters, "
+      f"compute in {args.dtypes.replace(',', ' / ')} (bf16 = bf16 matmuls with fp32 accumulation), forward KL, "
       f"batch {b} x {t} tokens; best of 3 x {args.steps} steps after compilation.", "",
-      f"Reference: 2048^3 fp32 matmul at {peak / 1e9:.1f} GFLOP/s.", "",
-      "| regime | tokens/s | model GFLOP/s | fraction of matmul |", "|---|---:|---:|---:|", *rows, "",
+      "Reference: a 2048^3 matmul with fp32 accumulation in the same dtype, measured in this run: "
+      + ", ".join(f"{d} {p / 1e9:.0f} GFLOP/s" for d, p in peaks.items()) + ".", "",
+      "| regime | compute | tokens/s | model GFLOP/s | fraction of that dtype's matmul |",
+      "|---|---|---:|---:|---:|", *rows, "",
       "## Offline cache size", "",
       "| storage per token | bytes |", "|---|---:|",
       f"| top-{args.top_k} cache (token int32 + mask uint8 + {args.top_k} fp32 logits + "

@@ -117,20 +117,32 @@ def save_model(directory: str, model, step: int = 0, extra: Optional[dict] = Non
     ckpt.save(step, nnx.state(model, nnx.Param), meta, force=True)
 
 
-def load_model(directory: str, step: Optional[int] = None, shardings=None):
-  """The model saved by `save_model`; shardings: optional callable(abstract State) -> State of shardings."""
+def load_model(directory: str, step: Optional[int] = None, shardings=None, dtype=None,
+               param_dtype=None):
+  """The model saved by `save_model`.
+
+  shardings: optional callable(abstract State) -> State of shardings; dtype /
+  param_dtype: compute / storage dtype to run with (default: as saved).
+  """
+  import jax.numpy as jnp
+
   from specdistill_jax import models
 
   with Checkpointer(directory, read_only=True) as ckpt:
     meta = ckpt.metadata(step)
     if "model_config" not in meta:
       raise CheckpointError(f"{directory!r} holds no model_config: not a model checkpoint")
-    config = models.ModelConfig.from_dict(meta["model_config"])
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: models.Transformer(config, rngs=nnx.Rngs(0))))
+    saved = models.ModelConfig.from_dict(meta["model_config"])
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: models.Transformer(saved, rngs=nnx.Rngs(0))))
     if shardings is not None:
       target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract, shardings(abstract))
     else:
       target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
     state, _ = ckpt.restore(target, step)
+  config = saved.replace(dtype=jnp.dtype(dtype).name if dtype is not None else saved.dtype,
+                         param_dtype=jnp.dtype(param_dtype).name if param_dtype is not None else saved.param_dtype)
+  if config != saved:
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.Transformer(config, rngs=nnx.Rngs(0))))
+    state = jax.tree.map(lambda x: x.astype(config.jnp_param_dtype), state)
   return nnx.merge(graphdef, state)

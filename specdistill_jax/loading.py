@@ -15,13 +15,16 @@ import jax.numpy as jnp
 from specdistill_jax import checkpoint, models
 
 
-def load_model(path: str, dtype=jnp.float32, shardings=None):
-  """A Transformer from an HF directory or an orbax model checkpoint directory."""
+def load_model(path: str, dtype=jnp.float32, param_dtype=None, shardings=None):
+  """A Transformer from an HF directory or an orbax model checkpoint directory.
+
+  dtype: compute dtype; param_dtype: storage dtype (default: dtype for HF, as saved for orbax).
+  """
   path = os.fspath(path)
   if os.path.exists(os.path.join(path, "config.json")):
-    return models.load_hf(path, dtype=dtype, shardings=shardings)
+    return models.load_hf(path, dtype=dtype, param_dtype=param_dtype, shardings=shardings)
   if os.path.isdir(path):
-    return checkpoint.load_model(path, shardings=shardings)
+    return checkpoint.load_model(path, shardings=shardings, dtype=dtype, param_dtype=param_dtype)
   raise FileNotFoundError(f"model path {path!r} does not exist: pass an HF checkpoint directory "
                           "(config.json + model.safetensors) or an orbax model checkpoint")
 

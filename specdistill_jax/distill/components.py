@@ -50,14 +50,15 @@ def spec_is_set(spec) -> bool:
 def build_model(spec, chat: ChatFormat, what: str) -> Optional[models.Transformer]:
   """The model a spec describes, or None if the spec is empty."""
   if spec.hf_path:
-    return loading.load_model(spec.hf_path, dtype=np.dtype(spec.dtype))
+    return loading.load_model(spec.hf_path, dtype=spec.dtype, param_dtype=spec.param_dtype)
   if spec.checkpoint:
-    return loading.load_model(spec.checkpoint)
+    return loading.load_model(spec.checkpoint, dtype=spec.dtype, param_dtype=spec.param_dtype)
   if spec.preset:
     overrides = dict(spec.overrides)
     vocab = overrides.pop("vocab_size", chat.vocab_size)
     cfg = models.preset(spec.preset, vocab, eos_token_ids=(chat.eos,), bos_token_id=chat.bos,
-                        pad_token_id=chat.pad, dtype=spec.dtype, param_dtype=spec.dtype, **overrides)
+                        pad_token_id=chat.pad, dtype=spec.dtype, param_dtype=spec.param_dtype,
+                        **overrides)
     return models.create(cfg, seed=spec.seed)
   return None
 

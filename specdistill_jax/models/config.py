@@ -128,7 +128,10 @@ _PRESETS = {
     # unit tests: compile in a second
     "micro": dict(d_model=32, num_layers=1, num_heads=4, num_kv_heads=2, mlp_dim=64),
     "tiny": dict(d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=128),
-    # CPU studies: a ~1.5M draft and a ~16M target
+    # the README's quick study: a ~5M target
+    "target-quick": dict(d_model=256, num_layers=4, num_heads=4, num_kv_heads=2, mlp_dim=768,
+                         tie_embeddings=True),
+    # CPU studies: a ~1.5M draft and a ~13M target (vocabulary 8192)
     "draft-2m": dict(d_model=128, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=384,
                      tie_embeddings=True),
     "target-20m": dict(d_model=384, num_layers=6, num_heads=6, num_kv_heads=2, mlp_dim=1024,
@@ -137,7 +140,7 @@ _PRESETS = {
 
 
 def preset(name: str, vocab_size: int, **overrides) -> ModelConfig:
-  """A named preset ('micro', 'tiny', 'draft-2m', 'target-20m') for a vocabulary."""
+  """A named preset ('micro', 'tiny', 'target-quick', 'draft-2m', 'target-20m') for a vocabulary."""
   if name not in _PRESETS:
     raise ValueError(f"unknown model preset {name!r}; known: {sorted(_PRESETS)}")
   kw = dict(_PRESETS[name], vocab_size=vocab_size)

@@ -53,16 +53,63 @@ class RMSNorm(nnx.Module):
     return (xf * self.weight[...].astype(jnp.float32)).astype(x.dtype)
 
 
+def _low_precision_einsum(spec: str, out_dtype=None):
+  """einsum(spec) on low-precision inputs with fp32 accumulation, forward *and* backward.
+
+  JAX's own transpose of a dot with preferred_element_type=fp32 feeds fp32
+  cotangents into the backward matmuls, which then run at fp32 speed; here the
+  cotangent is cast to the input dtype so both backward matmuls also run as
+  bf16 x bf16 -> fp32 (AMX on CPU, tensor cores on GPU/TPU).
+  """
+  inputs, out = spec.split("->")
+  a, b = inputs.split(",")
+  spec_da, spec_db = f"{out},{b}->{a}", f"{a},{out}->{b}"
+
+  @jax.custom_vjp
+  def f(x, w):
+    return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32).astype(out_dtype or x.dtype)
+
+  def fwd(x, w):
+    return f(x, w), (x, w)
+
+  def bwd(res, g):
+    x, w = res
+    g = g.astype(x.dtype)
+    dx = jnp.einsum(spec_da, g, w, preferred_element_type=jnp.float32).astype(x.dtype)
+    dw = jnp.einsum(spec_db, x, g, preferred_element_type=jnp.float32).astype(w.dtype)
+    return dx, dw
+
+  f.defvjp(fwd, bwd)
+  return f
+
+
+_LOW_PRECISION = {}
+
+
+def _mm(spec: str, x, w, dtype, out_dtype=None):
+  """einsum in the compute dtype with fp32 accumulation; inputs cast from their storage dtype.
+
+  The result has `out_dtype` (default: the compute dtype).
+  """
+  x, w = x.astype(dtype), w.astype(dtype)
+  if jnp.dtype(dtype) == jnp.float32:
+    return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32).astype(out_dtype or dtype)
+  key = (spec, jnp.dtype(out_dtype or dtype).name)
+  if key not in _LOW_PRECISION:
+    _LOW_PRECISION[key] = _low_precision_einsum(spec, out_dtype)
+  return _LOW_PRECISION[key](x, w)
+
+
 def attend(q, k, v, mask):
   """Grouped-query attention. q [B,T,H,D], k/v [B,S,Hkv,D], mask [B,T,S] -> [B,T,H,D]."""
   b, t, h, d = q.shape
   hkv = k.shape[2]
   q = q.reshape(b, t, hkv, h // hkv, d)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = _mm("btkgd,bskd->bkgts", q, k, q.dtype, jnp.float32)
   scores = scores * (d ** -0.5)
   scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  out = _mm("bkgts,bskd->btkgd", probs, v, v.dtype)
   return out.reshape(b, t, h, d)
 
 
@@ -86,9 +133,9 @@ class Attention(nnx.Module):
 
   def _project(self, x, positions):
     dt = self.config.jnp_dtype
-    q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
-    k = jnp.einsum("btd,dhk->bthk", x, self.k[...].astype(dt))
-    v = jnp.einsum("btd,dhk->bthk", x, self.v[...].astype(dt))
+    q = _mm("btd,dhk->bthk", x, self.q[...], dt)
+    k = _mm("btd,dhk->bthk", x, self.k[...], dt)
+    v = _mm("btd,dhk->bthk", x, self.v[...], dt)
     if self.config.qkv_bias:
       q = q + self.q_bias[...].astype(dt)
       k = k + self.k_bias[...].astype(dt)
@@ -97,7 +144,7 @@ class Attention(nnx.Module):
     return rope.apply_rotary(q, cos, sin), rope.apply_rotary(k, cos, sin), v
 
   def _output(self, out):
-    return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(self.config.jnp_dtype))
+    return _mm("bthk,hkd->btd", out, self.o[...], self.config.jnp_dtype)
 
   def __call__(self, x, positions, segment_ids=None):
     q, k, v = self._project(x, positions)
@@ -125,8 +172,8 @@ class MLP(nnx.Module):
 
   def __call__(self, x):
     dt = self.dtype
-    h = jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
-    return h @ self.down[...].astype(dt)
+    h = jax.nn.silu(_mm("btd,df->btf", x, self.gate[...], dt)) * _mm("btd,df->btf", x, self.up[...], dt)
+    return _mm("btf,fd->btd", h, self.down[...], dt)
 
 
 class Block(nnx.Module):
@@ -154,7 +201,9 @@ class Transformer(nnx.Module):
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     c = config
     self.config = c
-    self.embed = _param(rngs, (c.vocab_size, c.d_model), ("vocab", "embed"), c, 1.0)
+    # tied: the embedding is also the output head, so logits start at unit scale
+    scale = c.d_model ** -0.5 if c.tie_embeddings else 1.0
+    self.embed = _param(rngs, (c.vocab_size, c.d_model), ("vocab", "embed"), c, scale)
     self.layers = nnx.List([Block(c, i, rngs=rngs) for i in range(c.num_layers)])
     self.final_norm = RMSNorm(c, rngs=rngs)
     if not c.tie_embeddings:
@@ -166,13 +215,12 @@ class Transformer(nnx.Module):
   def project(self, h):
     """Final hidden states [..., D] (after the final norm) -> fp32 logits [..., V]."""
     dt = self.config.jnp_dtype
+    h2 = h.reshape(-1, h.shape[-1])
     if self.config.tie_embeddings:
-      logits = jnp.einsum("...d,vd->...v", h, self.embed[...].astype(dt),
-                          preferred_element_type=jnp.float32)
+      logits = _mm("td,vd->tv", h2, self.embed[...], dt, jnp.float32)
     else:
-      logits = jnp.einsum("...d,dv->...v", h, self.lm_head[...].astype(dt),
-                          preferred_element_type=jnp.float32)
-    return logits.astype(jnp.float32)
+      logits = _mm("td,dv->tv", h2, self.lm_head[...], dt, jnp.float32)
+    return logits.reshape(h.shape[:-1] + (logits.shape[-1],))
 
   def _logits(self, x):
     return self.project(self.final_norm(x))

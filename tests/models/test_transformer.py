@@ -103,3 +103,21 @@ def test_num_params_matches_the_model():
     model = _model(**overrides)
     counted = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert counted == model.config.num_params()
+
+
+def test_bf16_mixed_precision_gradients_match_fp32():
+  """bf16 compute (custom VJP: bf16 x bf16 -> fp32 in both passes) keeps the fp32 gradient."""
+  from flax import nnx
+  f32 = _model()
+  bf = models.Transformer(f32.config.replace(dtype="bfloat16"), rngs=nnx.Rngs(0))  # fp32 params
+  tokens = _tokens(2, 12)
+
+  def grads(model):
+    graphdef, params = nnx.split(model, nnx.Param)
+    loss = lambda p: jnp.mean(jax.nn.log_softmax(nnx.merge(graphdef, p)(tokens))[..., 3])  # noqa: E731
+    return jax.tree.leaves(jax.grad(loss)(params))
+
+  for a, b in zip(grads(f32), grads(bf)):
+    a, b = np.ravel(np.asarray(a)), np.ravel(np.asarray(b, np.float32))
+    cos = a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)
+    assert cos > 0.99, cos

@@ -1,0 +1,62 @@
+"""The CPU-scale model world: every model the studies need, trained with the project's own loop.
+
+    python experiments/build_world.py              # all of it (scale cpu), ~60 min on 2 cores
+    python -m specdistill_jax.train --config=configs/world.py:target_general --workdir=workdir/world/target_general
+
+Models (`--config=configs/world.py:NAME[,scale=cpu|quick|micro]`), each exported to
+workdir/world/NAME/hf (save_hf + tokenizer). "draft" in the config is the model being
+trained; these are plain LM runs (loss 'ce' on every token, packed sequences, bf16
+compute with fp32 parameters):
+
+* target_general  'target-20m' (12.6M params) trained from scratch on sharegpt_chat
+* draft_generic   'draft-2m' (1.44M params) trained from scratch on sharegpt_chat
+* target_code     target_general fine-tuned on sharegpt_code + python_code
+* target_tools    target_general fine-tuned on function_calling
+* target_mix      target_general fine-tuned on sharegpt_chat + function_calling (TAPS' one target)
+
+Scales: cpu (the studies), quick (the README's quick study: a 5M target, minutes), micro
+(smoke tests: 'tiny'/'micro' models, a few steps on the small corpora).
+Measured on 2 cores (scale cpu): see experiments/results/world.md.
+"""
+
+from configs import common
+
+PRESETS = ("target_general", "draft_generic", "target_code", "target_tools", "target_mix")
+CORPORA = {"target_general": "sharegpt_chat", "draft_generic": "sharegpt_chat",
+           "target_code": "sharegpt_code,python_code", "target_tools": "function_calling",
+           "target_mix": "sharegpt_chat,function_calling"}
+# (preset for scratch models, steps, batch size, learning rate) per scale
+SCRATCH = {"cpu": {"target_general": ("target-20m", 1500, 32, 1e-3),
+                   "draft_generic": ("draft-2m", 1500, 32, 3e-3)},
+           "quick": {"target_general": ("target-quick", 300, 32, 2e-3),
+                     "draft_generic": ("draft-2m", 300, 32, 3e-3)},
+           "micro": {"target_general": ("tiny", 4, 4, 1e-2), "draft_generic": ("micro", 4, 4, 1e-2)}}
+FINETUNE_STEPS = {"cpu": {"target_code": 400, "target_tools": 300, "target_mix": 300},
+                  "quick": {"target_code": 60, "target_tools": 60, "target_mix": 60},
+                  "micro": {"target_code": 2, "target_tools": 2, "target_mix": 2}}
+
+
+def get_config(arg=None):
+  name, inline = common.parse_arg(arg, "target_general", PRESETS)
+  scale = inline.pop("scale", "cpu")
+  if scale not in SCRATCH:
+    raise ValueError(f"scale={scale!r} must be one of {sorted(SCRATCH)}")
+  c = common.train_config()
+  c.data_dir = common.data_dir()
+  c.data.update(corpora=CORPORA[name], mode="pack", loss_on_prompt=True, max_len=128,
+                corpus_config="small" if scale == "micro" else "full")
+  c.objective.loss = "ce"
+  c.target = common.model()  # no teacher: language modelling
+  if name in SCRATCH[scale]:
+    preset, steps, batch, lr = SCRATCH[scale][name]
+    c.draft = common.model(preset=preset, dtype="bfloat16", seed=0)
+    c.optim.update(lr=lr, warmup_steps=max(1, steps // 20))
+  else:
+    steps, batch = FINETUNE_STEPS[scale][name], SCRATCH[scale]["target_general"][2]
+    c.draft = common.model(hf_path=common.world("target_general", "hf"), dtype="bfloat16")
+    c.optim.update(lr=3e-4 if scale != "micro" else 1e-2, warmup_steps=max(1, steps // 10))
+  c.data.batch_size = batch
+  c.train.update(steps=steps, eval_every=max(steps // 3, 1), eval_batches=4 if scale != "micro" else 1,
+                 checkpoint_every=max(steps // 3, 1), log_every=max(1, min(25, steps // 4)))
+  common.apply_overrides(c, inline)
+  return c
