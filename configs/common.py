@@ -148,3 +148,50 @@ def train_config() -> ml_collections.ConfigDict:
   c.sharding_rules = sharding_rules()
   c.export_hf = "hf"  # HF directory (relative to workdir) written at the end; '' = none
   return c
+
+
+def models_dir(*parts: str) -> str:
+  """Local directory of real HF checkpoints for GPU/TPU presets: $MODELS_DIR (default /models)."""
+  return os.path.join(os.environ.get("MODELS_DIR", "/models"), *parts)
+
+
+def study_config(scale: str) -> ml_collections.ConfigDict:
+  """Fields every study config shares; `scale` is cpu, micro or gpu."""
+  c = ml_collections.ConfigDict()
+  c.scale = scale
+  c.data_dir = data_dir()
+  c.tokenizer = ""  # default: {data_dir}/tokenizer (gpu presets: the target's directory)
+  c.corpus_config = "small" if scale == "micro" else "full"
+  c.workdir = os.path.join(os.environ.get("SPECDISTILL_RUNS", os.path.join("workdir", "runs")), scale)
+  c.results_dir = ""  # default: experiments/results (micro runs: pass a temporary directory)
+  c.seeds = 1 if scale == "micro" else 3
+  c.gamma = 4
+  c.temperatures = (0.0, 1.0)
+  c.num_prompts = 2 if scale == "micro" else 32
+  c.max_prompt_tokens = 24 if scale == "micro" else 64
+  c.max_new_tokens = 6 if scale == "micro" else 48
+  return c
+
+
+def distill_cell(scale: str, target: str, draft: str, corpus: str, steps: int) -> ml_collections.ConfigDict:
+  """The train config a study cell starts from: draft <- target on `corpus`, no eval during training."""
+  c = train_config()
+  c.data_dir = data_dir()
+  c.target = model(hf_path=target, dtype="bfloat16")
+  c.draft = model(hf_path=draft, dtype="bfloat16")
+  c.data.corpora = corpus
+  if scale == "micro":
+    c.data.update(corpus_config="small", batch_size=4, max_len=48, max_prompt_len=24, max_new_tokens=8,
+                  num_prompts=8)
+    c.train.update(steps=2, eval_every=0, checkpoint_every=2, log_every=1)
+  elif scale == "gpu":
+    c.data.update(batch_size=32, max_len=1024, max_prompt_len=512, max_new_tokens=256, num_prompts=8192)
+    c.train.update(steps=steps, eval_every=0, checkpoint_every=max(steps // 4, 1), log_every=10)
+    c.optim.update(lr=2e-5, warmup_steps=max(steps // 20, 1))
+  else:
+    c.data.update(batch_size=16, max_len=128, max_prompt_len=64, max_new_tokens=48, num_prompts=1024)
+    c.train.update(steps=steps, eval_every=0, checkpoint_every=steps, log_every=10)
+    c.optim.update(lr=3e-4, warmup_steps=max(steps // 10, 1))
+  c.train.async_checkpoints = False
+  c.export_hf = "hf"
+  return c

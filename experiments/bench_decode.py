@@ -34,11 +34,11 @@ from specdistill_jax import loading, models, sampling  # noqa: E402
 from specdistill_jax.evaluate import step_seconds, theoretical_speedup  # noqa: E402
 
 
-def default_prompts(target_dir: str, n: int) -> list[list[int]]:
+def default_prompts(target_dir: str, n: int, corpus_config: str = "full") -> list[list[int]]:
   from specdistill_jax.data import prompts as prompt_sets
   tokenizer = loading.load_tokenizer(target_dir)
   return prompt_sets.historical_queries(tokenizer, "sharegpt_chat", "validation", n,
-                                        max_prompt_tokens=48)
+                                        max_prompt_tokens=48, config=corpus_config)
 
 
 def read_prompts(path: str, target_dir: str) -> list[list[int]]:
@@ -102,6 +102,7 @@ def main(argv=None):
   p.add_argument("--draft", required=True)
   p.add_argument("--prompts", default=None)
   p.add_argument("--num_prompts", type=int, default=8)
+  p.add_argument("--corpus_config", default="full", help="'small' for the micro world")
   p.add_argument("--max_new_tokens", type=int, default=64)
   p.add_argument("--gammas", default="2,4,8")
   p.add_argument("--batches", default="1,8")
@@ -114,7 +115,7 @@ def main(argv=None):
 
   target, draft = loading.load_model(args.target), loading.load_model(args.draft)
   prompts = (read_prompts(args.prompts, args.target) if args.prompts
-             else default_prompts(args.target, args.num_prompts))[: args.num_prompts]
+             else default_prompts(args.target, args.num_prompts, args.corpus_config))[: args.num_prompts]
   n_new = args.max_new_tokens
   gammas = [int(g) for g in args.gammas.split(",")]
   temps = [float(t) for t in args.temperatures.split(",")]

@@ -19,7 +19,7 @@ import os
 
 from absl import app, flags
 
-from specdistill_jax import loading, sampling
+from specdistill_jax import distributed, loading, sampling
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("target", None, "target model directory", required=True)
@@ -72,6 +72,7 @@ def format_stats(rows: list[tuple[str, str]]) -> str:
 
 def main(argv):
   del argv
+  distributed.initialize()
   if not FLAGS.draft:
     raise app.UsageError("pass at least one --draft")
   tok_dir = FLAGS.tokenizer or FLAGS.target

@@ -146,9 +146,10 @@ def json_exact_match(outputs: Sequence[str], references: Sequence[str]) -> float
 def main(argv):
   from absl import flags
 
-  from specdistill_jax import loading
+  from specdistill_jax import distributed, loading
   from specdistill_jax.data import ChatFormat, historical_queries
 
+  distributed.initialize()
   f = flags.FLAGS
   target, draft = loading.load_model(f.target), loading.load_model(f.draft)
   chat = ChatFormat(loading.load_tokenizer(f.tokenizer or f.target))
@@ -163,6 +164,7 @@ def main(argv):
 if __name__ == "__main__":
   from absl import app, flags
 
+  import specdistill_jax.distributed  # noqa: F401 - defines the multi-process flags
   flags.DEFINE_string("target", None, "target model directory", required=True)
   flags.DEFINE_string("draft", None, "draft model directory", required=True)
   flags.DEFINE_string("tokenizer", None, "tokenizer directory (default: the target's)")

@@ -107,8 +107,9 @@ def pipeline(config, chat, text: TextSource, seed: int, mode: Optional[str] = No
 
 def _prompt_list(config, chat, target, fixed: BatchPipeline, workdir: str) -> list[list[int]]:
   d = config.data
-  if d.prompts == "dataset":
-    at = src.pipeline_prompts(fixed)
+  if d.prompts == "dataset":  # the same global list on every process (its batches are split later)
+    at = src.pipeline_prompts(BatchPipeline(fixed.source, chat, d.batch_size, d.max_len, seed=config.seed,
+                                            max_prompt_len=d.max_prompt_len))
     out: list[list[int]] = []
     step = 0
     while len(out) < d.num_prompts:
@@ -187,7 +188,10 @@ def build(config, workdir: str) -> Components:
   eval_text = text_source(config, chat, config.data.eval_corpora or config.data.corpora,
                           config.data.eval_split)
   eval_pipe = pipeline(config, chat, eval_text, seed=1234, mode="pad")
-  eval_prompts = [p[-config.data.max_prompt_len:] for p in src.pipeline_prompts(eval_pipe)(0)]
+  # speculative evaluation is one collective program: the same (global) prompts everywhere
+  every_row = BatchPipeline(eval_text, chat, config.data.batch_size, config.data.max_len, seed=1234,
+                            max_prompt_len=config.data.max_prompt_len)
+  eval_prompts = [p[-config.data.max_prompt_len:] for p in src.pipeline_prompts(every_row)(0)]
   eval_prompts = (eval_prompts * (config.eval.num_prompts // max(len(eval_prompts), 1) + 1))[:config.eval.num_prompts]
   temperature = config.eval.temperature
   if temperature < 0:  # evaluate at the temperature the data was generated at

@@ -83,6 +83,20 @@ class PromptSet:
     return out
 
 
+def gather_prompts(prompts: list[list[int]], width: int) -> list[list[int]]:
+  """The prompts of every process, in process order (identical on all of them)."""
+  if jax.process_count() == 1:
+    return prompts
+  from jax.experimental import multihost_utils
+  tokens = np.zeros((len(prompts), width), np.int32)
+  lengths = np.zeros((len(prompts),), np.int32)
+  for r, p in enumerate(prompts):
+    tokens[r, : len(p)], lengths[r] = p[:width], min(len(p), width)
+  tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
+  lengths = np.asarray(multihost_utils.process_allgather(lengths, tiled=True))
+  return [tokens[r, : lengths[r]].tolist() for r in range(len(tokens))]
+
+
 class FixedSource(Source):
   name = "fixed"
 
@@ -129,12 +143,22 @@ class _GeneratingSource(Source):
     self.pad_id = pad_id
 
   def _generate(self, model, step: int, prompts=None) -> dict:
+    """Sample responses for this process's prompts.
+
+    Sampling is one collective program over the global mesh, so every process
+    passes the same global batch: the host-local prompts are gathered from all
+    processes (a no-op in a single process) and each process keeps its rows.
+    """
     from specdistill_jax.sampling import generate_batch
     prompts = prompts if prompts is not None else self.prompts(step)
-    room = max(1, min(self.max_new_tokens, self.max_len - max(map(len, prompts))))
-    gen = generate_batch(model, prompts, room, self.temperature,
-                         rng=jax.random.fold_in(self.key, step))
-    return sequences_from_generation(prompts, gen.tokens, gen.lengths, self.max_len, self.pad_id)
+    everyone = gather_prompts(prompts, self.max_len)
+    room = max(1, min(self.max_new_tokens, self.max_len - max(map(len, everyone))))
+    gen = generate_batch(model, everyone, room, self.temperature, rng=jax.random.fold_in(self.key, step))
+    from specdistill_jax.sampling.placement import to_host
+    tokens, lengths = to_host(gen.tokens, gen.lengths)
+    first = jax.process_index() * len(prompts)
+    mine = slice(first, first + len(prompts))
+    return sequences_from_generation(prompts, tokens[mine], lengths[mine], self.max_len, self.pad_id)
 
   def describe(self):
     return {**super().describe(), "temperature": self.temperature,

@@ -28,6 +28,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from specdistill_jax.distill.divergences import TopKTeacher
+from specdistill_jax.sampling.placement import to_host
 
 ARRAYS = ("tokens", "loss_mask", "lengths", "prompt_lengths")
 TOPK_ARRAYS = ("topk_values", "topk_indices", "log_normalizer")
@@ -96,9 +97,11 @@ def build_teacher_cache(out_dir: str, target, prompts: list[list[int]], *, max_l
       return existing
     raise ValueError(f"teacher cache {out_dir!r} exists with other settings {existing}; "
                      f"wanted {meta}: delete it or choose another directory")
+  writer = jax.process_index() == 0  # generation is collective; process 0 writes
   tmp = out_dir.rstrip("/") + ".incomplete"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
+  if writer:
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
   n = len(prompts)
   idx_dtype = np.int16 if target.config.vocab_size <= np.iinfo(np.int16).max else np.int32
   shapes = dict(tokens=((n, max_len), np.int32), loss_mask=((n, max_len), np.uint8),
@@ -106,23 +109,26 @@ def build_teacher_cache(out_dir: str, target, prompts: list[list[int]], *, max_l
   if top_k:
     shapes.update(topk_values=((n, max_len, top_k), np.float32),
                   topk_indices=((n, max_len, top_k), idx_dtype), log_normalizer=((n, max_len), np.float32))
-  arrays = {name: np.lib.format.open_memmap(os.path.join(tmp, f"{name}.npy"), mode="w+", dtype=dt,
-                                            shape=shape) for name, (shape, dt) in shapes.items()}
+  arrays = {name: (np.lib.format.open_memmap(os.path.join(tmp, f"{name}.npy"), mode="w+", dtype=dt, shape=shape)
+                   if writer else np.zeros((0,) + shape[1:], dt)) for name, (shape, dt) in shapes.items()}
   key = jax.random.PRNGKey(seed)
   pad = target.config.pad_token_id
   for start in tqdm(range(0, n, batch_size), desc=f"teacher cache ({'top-%d' % top_k if top_k else 'tokens'})"):
     chunk = prompts[start:start + batch_size]
     gen = generate(target, chunk, max_new_tokens, temperature=temperature,
                    rng=jax.random.fold_in(key, start))
-    batch = sequences_from_generation(chunk, gen.tokens, gen.lengths, max_len, pad)
+    batch = sequences_from_generation(chunk, *to_host(gen.tokens, gen.lengths), max_len, pad)
     end = start + len(chunk)
-    for name in ARRAYS:
-      arrays[name][start:end] = batch[name]
     if top_k:
       t = teacher_topk(target, batch, top_k)
-      arrays["topk_values"][start:end] = np.asarray(t.values)
-      arrays["topk_indices"][start:end] = np.asarray(t.indices)
-      arrays["log_normalizer"][start:end] = np.asarray(t.log_normalizer)
+      batch.update(zip(TOPK_ARRAYS, to_host(t.values, t.indices, t.log_normalizer)))
+    if writer:
+      for name in arrays:
+        arrays[name][start:end] = batch[name]
+  if not writer:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"teacher cache {out_dir}")
+    return read_meta(out_dir)
   for a in arrays.values():
     a.flush()
   # token (int32) + mask (uint8), plus k values (fp32) + k ids + the log-normaliser (fp32)
@@ -132,6 +138,9 @@ def build_teacher_cache(out_dir: str, target, prompts: list[list[int]], *, max_l
     json.dump(meta, fh, indent=1)
   shutil.rmtree(out_dir, ignore_errors=True)
   os.replace(tmp, out_dir)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"teacher cache {out_dir}")
   return meta
 
 

@@ -214,10 +214,17 @@ class Trainer:
                                             o.final_fraction)(step)
 
   def export(self) -> Optional[str]:
-    if not self.config.export_hf or not self.is_main:
+    """save_hf of the trained model (+ tokenizer) by process 0; parameters gathered from all hosts."""
+    if not self.config.export_hf:
+      return None
+    params = self.state.params
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      params = multihost_utils.process_allgather(params, tiled=True)
+    if not self.is_main:
       return None
     path = os.path.join(self.workdir, self.config.export_hf)
-    models.save_hf(self.draft_model(), path)
+    models.save_hf(self.draft_model(jax.device_get(params)), path)
     self.parts.chat.tokenizer.save_pretrained(path)
     return path
 

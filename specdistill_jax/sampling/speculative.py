@@ -205,7 +205,7 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
 
 
 def _summarise(c: _Counters, gamma: int, wall: float, compile_s: float, num_drafts: int) -> dict:
-  c = jax.tree.map(np.asarray, c)
+  c = jax.tree.map(lambda x: placement.to_host(x)[0], c)  # per-row counters may span hosts
   tested, accepted = int(c.tested.sum()), int(c.accepted.sum())
   tokens, row_rounds = int(c.emitted.sum()), int(c.active_rounds.sum())
   rounds = int(c.rounds)

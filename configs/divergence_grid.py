@@ -1,0 +1,43 @@
+"""Study b (DistillSpec): divergence x data source, evaluated greedy and at temperature 1.
+
+    python experiments/divergence_grid.py --config=configs/divergence_grid.py:cpu
+
+The generic draft is distilled towards the general target on sharegpt_chat for 120 steps
+(batch 16 x 128 tokens, lr 3e-4, bf16) with each divergence (FKL, RKL, JSD(0.5), TVD) and
+each data source: fixed (ground-truth responses), teacher_online (the target samples each
+step's responses, DistillSpec's "target-generated"), on_policy (the draft samples them),
+mixture (half of each batch on-policy, GKD). 3 seeds per cell; every draft evaluated with
+gamma 4 at temperature 0 and 1 on 32 validation prompts x 48 tokens, the best cells also at
+gamma 7 (the paper's block size). Reports alpha, tau, the theoretical speedup over
+autoregressive decoding with the measured cost ratio c, the measured speedup, and both
+relative to SD with the undistilled draft.
+Expected run time on 2 CPU cores: ~60 min (48 training runs + evaluation).
+Expected numbers: see experiments/results/divergence_grid.md.
+
+Presets: cpu, micro (smoke test), gpu (Qwen2.5-0.5B-Instruct -> Qwen2.5-7B-Instruct on
+gsm8k; local checkpoints under $MODELS_DIR, prepared TFDS gsm8k).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  scale, inline = common.parse_arg(arg, "cpu", ("cpu", "micro", "gpu"))
+  c = common.study_config(scale)
+  if scale == "gpu":
+    c.tokenizer = common.models_dir("Qwen2.5-7B-Instruct")
+    c.target, c.draft, c.corpus = (common.models_dir("Qwen2.5-7B-Instruct"),
+                                   common.models_dir("Qwen2.5-0.5B-Instruct"), "gsm8k")
+  else:
+    c.target, c.draft, c.corpus = (common.world("target_general", "hf"),
+                                   common.world("draft_generic", "hf"), "sharegpt_chat")
+  c.base = common.distill_cell(scale, c.target, c.draft, c.corpus, steps=120 if scale == "cpu" else 1000)
+  if c.tokenizer:
+    c.base.tokenizer = c.tokenizer
+  c.base.data.mixture_lambda = 0.5
+  c.divergences = ("fkl",) if scale == "micro" else ("fkl", "rkl", "jsd", "tvd")
+  c.sources = ("fixed", "on_policy") if scale == "micro" else ("fixed", "teacher_online", "on_policy", "mixture")
+  c.gamma_best = 7
+  c.best_cells = 1 if scale == "micro" else 2
+  common.apply_overrides(c, inline)
+  return c

@@ -1,0 +1,38 @@
+"""Study f (TAPS, 2603.27027): two domain drafters for one target, combined at inference.
+
+    python experiments/taps.py --config=configs/taps.py:cpu
+
+One target (target_mix: the general target fine-tuned on chat + tool use). Two drafters,
+each the generic draft distilled towards it (offline white-box, top-16, 150 steps) on one
+domain's prompts: chat (sharegpt_chat) and tools (function_calling). On each domain's
+validation prompts, at temperature 0 and 1, gamma 4: each drafter alone, their parameter
+average, and per-round confidence routing (TAPS: pick per row the proposal with the
+higher mean cumulative probability; at temperature 1 routed on the previous round's
+confidences to stay exact). 3 seeds. Expected run time on 2 CPU cores: ~20 min.
+Expected numbers: see experiments/results/taps.md.
+
+Presets: cpu, micro (smoke test), gpu (two Qwen2.5-0.5B-Instruct drafters distilled on
+gsm8k and sharegpt_chat against Qwen2.5-7B-Instruct; local checkpoints under $MODELS_DIR).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  scale, inline = common.parse_arg(arg, "cpu", ("cpu", "micro", "gpu"))
+  c = common.study_config(scale)
+  if scale == "gpu":
+    c.tokenizer = common.models_dir("Qwen2.5-7B-Instruct")
+    c.target, c.draft = common.models_dir("Qwen2.5-7B-Instruct"), common.models_dir("Qwen2.5-0.5B-Instruct")
+    c.domains = (("chat", "sharegpt_chat"), ("math", "gsm8k"))
+  else:
+    c.target, c.draft = common.world("target_mix", "hf"), common.world("draft_generic", "hf")
+    c.domains = (("chat", "sharegpt_chat"), ("tools", "function_calling"))  # (name, corpus)
+  steps = 150 if scale == "cpu" else 1000
+  c.base = common.distill_cell(scale, c.target, c.draft, "sharegpt_chat", steps=steps)
+  if c.tokenizer:
+    c.base.tokenizer = c.tokenizer
+  c.base.data.update(source="teacher_offline", top_k=16, gen_temperature=1.0)
+  c.signal = "confidence"
+  common.apply_overrides(c, inline)
+  return c

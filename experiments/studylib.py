@@ -1,0 +1,208 @@
+"""Shared machinery of the study drivers in experiments/.
+
+* `train_cell`: one distillation (or fine-tuning) run from a train config, cached: a cell
+  whose workdir already holds an exported model is not retrained;
+* `evaluate_pair`: alpha / tau (and optionally tokens/s) of a draft with a target on prompts;
+* `Stat` / `aggregate`: mean and spread over seeds;
+* `Report`: a markdown table with the command, the machine, timings and a comparison
+  with the paper's claim, written to experiments/results/<study>.md;
+* plotting helpers (matplotlib, Agg) writing experiments/results/<study>.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import sys
+import time
+from typing import Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from specdistill_jax import loading, sampling  # noqa: E402
+from specdistill_jax.data import ChatFormat, historical_queries  # noqa: E402
+
+RESULTS = os.path.join(ROOT, "experiments", "results")
+
+
+@dataclasses.dataclass
+class Stat:
+  mean: float
+  std: float
+  n: int
+
+  def __str__(self) -> str:
+    return fmt(self)
+
+
+def aggregate(values: Sequence[float]) -> Stat:
+  v = np.asarray([x for x in values if x is not None and not math.isnan(x)], float)
+  if not len(v):
+    return Stat(float("nan"), float("nan"), 0)
+  return Stat(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v))
+
+
+def fmt(stat: Stat, digits: int = 3) -> str:
+  if stat.n == 0:
+    return "-"
+  if stat.n == 1:
+    return f"{stat.mean:.{digits}f}"
+  return f"{stat.mean:.{digits}f} ± {stat.std:.{digits}f}"
+
+
+def relative(a: float, b: float) -> float:
+  """(a - b) / b in percent."""
+  return 100.0 * (a - b) / b if b else float("nan")
+
+
+def train_cell(config, workdir: str) -> str:
+  """Train (or reuse) one cell; returns its exported HF directory."""
+  from specdistill_jax.distill.train import Trainer
+  hf = os.path.join(workdir, config.export_hf or "hf")
+  if os.path.exists(os.path.join(hf, "config.json")):
+    return hf
+  config.export_hf = config.export_hf or "hf"
+  trainer = Trainer(config, workdir)
+  try:
+    trainer.run()
+  finally:
+    trainer.close()
+  return hf
+
+
+_MODELS: dict = {}
+
+
+def model(path: str):
+  """A model directory, loaded once per driver run."""
+  if path not in _MODELS:
+    _MODELS[path] = loading.load_model(path)
+  return _MODELS[path]
+
+
+def chat_format(data_dir: Optional[str] = None) -> ChatFormat:
+  from specdistill_jax.data import corpora
+  return ChatFormat.from_dir(os.path.join(data_dir or corpora.default_data_dir(), "tokenizer"))
+
+
+def prompts(chat: ChatFormat, corpus: str, n: int, seed: int, max_prompt_tokens: int,
+            split: str = "validation", corpus_config: str = "full") -> list[list[int]]:
+  return historical_queries(chat, corpus, split, n, seed=seed, max_prompt_tokens=max_prompt_tokens,
+                            config=corpus_config)
+
+
+def references(corpus: str, n: int, seed: int, split: str = "validation", corpus_config: str = "full") -> list[str]:
+  """The reference responses of the examples `prompts(..., seed)` draws (same seeded order)."""
+  from specdistill_jax.data import corpora
+  source = corpora.load(corpus, split, None, corpus_config)
+  order = np.random.default_rng(seed).permutation(len(source))[:n]
+  return [source[int(i)][1] for i in order]
+
+
+def evaluate_pair(target, draft, prompt_ids, gamma: int, temperature: float, seed: int,
+                  max_new_tokens: int, lenience=None, timed: bool = False) -> dict:
+  """One speculative decode of `prompt_ids`; with `timed`, the faster of two runs' tokens/s."""
+  kw = dict(gamma=gamma, temperature=temperature, lenience=lenience, rng=seed)
+  if isinstance(draft, (list, tuple)):
+    run = lambda: sampling.routed_speculative_generate(target, draft, prompt_ids, max_new_tokens, **kw)  # noqa: E731
+  else:
+    run = lambda: sampling.speculative_generate(target, draft, prompt_ids, max_new_tokens, **kw)  # noqa: E731
+  out, stats = run()
+  if timed:
+    _, again = run()
+    stats["tokens_per_second"] = max(stats["tokens_per_second"], again["tokens_per_second"])
+  stats["outputs"] = out
+  return stats
+
+
+def seed_stats(target, draft_of, prompts_by_seed: dict, config, gamma=None, temperatures=None,
+               lenience=None, keys=("alpha", "tau")) -> dict:
+  """{temperature: {key: Stat over seeds}}; draft_of(seed) gives the draft (or a list: routing)."""
+  out = {}
+  for temp in temperatures if temperatures is not None else config.temperatures:
+    runs = [evaluate_pair(target, draft_of(seed), prompts_by_seed[seed], gamma or config.gamma, temp, seed,
+                          config.max_new_tokens, lenience=lenience) for seed in sorted(prompts_by_seed)]
+    out[temp] = {k: aggregate([r[k] for r in runs]) for k in keys}
+    out[temp]["runs"] = runs
+  return out
+
+
+def autoregressive_tps(target, prompt_ids, temperature: float, seed: int, max_new_tokens: int) -> float:
+  """Tokens/s of plain decoding (the faster of two runs after compilation)."""
+  best = 0.0
+  for _ in range(2):
+    g = sampling.generate_batch(target, prompt_ids, max_new_tokens, temperature, rng=seed)
+    best = max(best, float(np.sum(np.asarray(g.lengths))) / max(g.wall_seconds, 1e-9))
+  return best
+
+
+class Report:
+  """Accumulates a study's markdown; `write` adds the header (command, machine, time)."""
+
+  def __init__(self, study: str, title: str, command: str):
+    self.study, self.title, self.command = study, title, command
+    self.sections: list[str] = []
+    self.t0 = time.time()
+
+  def table(self, header: Sequence[str], rows: Sequence[Sequence], caption: str = "") -> None:
+    lines = ([f"{caption}", ""] if caption else []) + [
+        "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    self.sections.append("\n".join(lines))
+
+  def text(self, text: str) -> None:
+    self.sections.append(text.strip())
+
+  def write(self, results_dir: Optional[str] = None) -> str:
+    results_dir = results_dir or RESULTS
+    os.makedirs(results_dir, exist_ok=True)
+    minutes = (time.time() - self.t0) / 60
+    head = [f"# {self.title}", "", f"Command: `{self.command}`", "",
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} "
+            f"({jax.devices()[0].platform}). This run took {minutes:.1f} min "
+            "(cells already trained in an earlier run are reused and not counted).", ""]
+    path = os.path.join(results_dir, f"{self.study}.md")
+    with open(path, "w") as fh:
+      fh.write("\n\n".join(["\n".join(head)] + self.sections) + "\n")
+    print(open(path).read())
+    return path
+
+
+def figure(path_stem: str, results_dir: Optional[str] = None):
+  """(fig, save) for a matplotlib figure saved as PNG next to the study's table."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  results_dir = results_dir or RESULTS
+  os.makedirs(results_dir, exist_ok=True)
+
+  def save(fig):
+    fig.tight_layout()
+    path = os.path.join(results_dir, f"{path_stem}.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+  return plt, save
+
+
+def bar_chart(ax, groups: Sequence[str], series: dict, ylabel: str, title: str = "") -> None:
+  """Grouped bars with error bars: series = {label: [Stat per group]}."""
+  width = 0.8 / max(len(series), 1)
+  x = np.arange(len(groups))
+  for i, (label, stats) in enumerate(series.items()):
+    ax.bar(x + i * width - 0.4 + width / 2, [s.mean for s in stats], width,
+           yerr=[s.std for s in stats], capsize=3, label=label)
+  ax.set_xticks(x)
+  ax.set_xticklabels(groups, rotation=20, ha="right")
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title)
+  ax.legend(fontsize=8)
