@@ -166,7 +166,7 @@ def study_config(scale: str) -> ml_collections.ConfigDict:
   c.results_dir = ""  # default: experiments/results (micro runs: pass a temporary directory)
   c.seeds = 1 if scale == "micro" else 3
   c.gamma = 4
-  c.temperatures = (0.0, 1.0)
+  c.temperatures = (1.0,) if scale == "micro" else (0.0, 1.0)
   c.num_prompts = 2 if scale == "micro" else 32
   c.max_prompt_tokens = 24 if scale == "micro" else 64
   c.max_new_tokens = 6 if scale == "micro" else 48
@@ -191,7 +191,7 @@ def distill_cell(scale: str, target: str, draft: str, corpus: str, steps: int) -
   else:
     c.data.update(batch_size=16, max_len=128, max_prompt_len=64, max_new_tokens=48, num_prompts=1024)
     c.train.update(steps=steps, eval_every=0, checkpoint_every=steps, log_every=10)
-    c.optim.update(lr=3e-4, warmup_steps=max(steps // 10, 1))
+    c.optim.update(lr=1e-3, warmup_steps=max(steps // 10, 1))
   c.train.async_checkpoints = False
   c.export_hf = "hf"
   return c

@@ -10,8 +10,6 @@ import copy
 import os
 
 import studylib as lib
-from absl import app, flags
-from ml_collections import config_flags
 
 from configs import common
 
@@ -66,11 +64,5 @@ def run(config) -> str:
   return report.write(config.results_dir or None)
 
 
-def main(argv):
-  del argv
-  run(flags.FLAGS.config)
-
-
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", "configs/adaspec.py:cpu", "study config")
-  app.run(main)
+  lib.cli(run, "configs/adaspec.py:cpu")

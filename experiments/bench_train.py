@@ -28,21 +28,7 @@ from flax import nnx  # noqa: E402
 from specdistill_jax import models  # noqa: E402
 from specdistill_jax.distill import state as state_lib, step as step_lib  # noqa: E402
 from specdistill_jax.distill.teacher_cache import teacher_topk  # noqa: E402
-
-
-def matmul_flops(n: int = 2048, dtype=jnp.float32) -> float:
-  """FLOP/s of an n^3 matmul in `dtype` with fp32 accumulation (the model's matmul kind)."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n)).astype(dtype)
-  f = jax.jit(lambda a: jnp.einsum("ij,jk->ik", a, a, preferred_element_type=jnp.float32))
-  jax.block_until_ready(f(a))
-  best = min(_time(lambda: jax.block_until_ready(f(a))) for _ in range(5))
-  return 2 * n ** 3 / best
-
-
-def _time(fn) -> float:
-  t0 = time.perf_counter()
-  fn()
-  return time.perf_counter() - t0
+from studylib import matmul_flops, write_text  # noqa: E402
 
 
 def train_flops_per_token(target, draft, seq: int, online: bool) -> float:
@@ -96,7 +82,7 @@ def main(argv=None):
     teacher = teacher_topk(target, batch, args.top_k)
     offline_batch = dict(batch, topk_values=teacher.values, topk_indices=teacher.indices,
                          log_normalizer=teacher.log_normalizer)
-    peak = peaks[dtype] = matmul_flops(dtype=jnp.dtype(dtype))
+    peak = peaks[dtype] = matmul_flops(dtype)
     for name, objective, data, online in (
         ("online white-box (target forward in the step)", step_lib.Objective("fkl", "online"), batch, True),
         (f"offline top-{args.top_k} (cached teacher)", step_lib.Objective("fkl", "topk"), offline_batch, False)):
@@ -127,11 +113,7 @@ def main(argv=None):
       f"{args.top_k} int{8 * idx_bytes} ids + fp32 log-normaliser) | {cache} |",
       f"| full fp32 logits (vocab {args.vocab}) | {full:,} |",
       f"| ratio | {full / cache:.0f}x smaller |", ""])
-  if args.out:
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-      fh.write(text)
-  print(text)
+  write_text(args.out, text)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ import os
 
 import numpy as np
 import studylib as lib
-from absl import app, flags
-from ml_collections import config_flags
 
 from specdistill_jax import evaluate
 
@@ -141,11 +139,5 @@ def run(config) -> str:
   return report.write(config.results_dir or None)
 
 
-def main(argv):
-  del argv
-  run(flags.FLAGS.config)
-
-
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", "configs/divergence_grid.py:cpu", "study config")
-  app.run(main)
+  lib.cli(run, "configs/divergence_grid.py:cpu")

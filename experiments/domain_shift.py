@@ -7,8 +7,6 @@ Writes experiments/results/domain_shift.md and domain_shift.png.
 from __future__ import annotations
 
 import studylib as lib
-from absl import app, flags
-from ml_collections import config_flags
 
 CLAIM = ("2503.07807: a generic draft's acceptance drops significantly on domain targets "
          "(up to 38% is reported, *unconfirmed*).")
@@ -65,11 +63,5 @@ def run(config) -> str:
   return report.write(config.results_dir or None)
 
 
-def main(argv):
-  del argv
-  run(flags.FLAGS.config)
-
-
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", "configs/domain_shift.py:cpu", "study config")
-  app.run(main)
+  lib.cli(run, "configs/domain_shift.py:cpu")

@@ -7,8 +7,6 @@ Writes experiments/results/lossy.md and lossy.png.
 from __future__ import annotations
 
 import studylib as lib
-from absl import app, flags
-from ml_collections import config_flags
 
 from specdistill_jax import evaluate
 
@@ -84,11 +82,5 @@ def run(config) -> str:
   return report.write(config.results_dir or None)
 
 
-def main(argv):
-  del argv
-  run(flags.FLAGS.config)
-
-
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", "configs/lossy.py:cpu", "study config")
-  app.run(main)
+  lib.cli(run, "configs/lossy.py:cpu")

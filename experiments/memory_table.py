@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from specdistill_jax import models, sharding  # noqa: E402
+from studylib import write_text  # noqa: E402
 
 QWEN25_7B = models.ModelConfig(vocab_size=152064, d_model=3584, num_layers=28, num_heads=28, num_kv_heads=4,
                                head_dim=128, mlp_dim=18944, architecture="qwen2", rope_theta=1e6,
@@ -97,11 +98,7 @@ def main(argv=None):
       "Reading: fsdp and tensor both divide the parameter and optimizer memory; data does not (it replicates "
       "them) but divides the batch, hence the KV cache. Qwen2.5-7B has 4 kv heads, so tensor > 4 stops "
       "splitting its KV cache; the 0.5B draft's 2 kv heads stop at tensor 2.", ""])
-  if args.out:
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-      fh.write(text)
-  print(text)
+  write_text(args.out, text)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,25 @@ def autoregressive_tps(target, prompt_ids, temperature: float, seed: int, max_ne
   return best
 
 
+def best_seconds(fn, repeats: int = 5) -> float:
+  """Fastest of `repeats` timed calls of fn() (blocking on its result) after one warm-up."""
+  jax.block_until_ready(fn())
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def matmul_flops(dtype="float32", n: int = 2048) -> float:
+  """FLOP/s of an n^3 matmul in `dtype` with fp32 accumulation: the practical peak here."""
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n)).astype(dtype)
+  f = jax.jit(lambda a: jnp.einsum("ij,jk->ik", a, a, preferred_element_type=jnp.float32))
+  return 2 * n ** 3 / best_seconds(lambda: f(a))
+
+
 class Report:
   """Accumulates a study's markdown; `write` adds the header (command, machine, time)."""
 
@@ -191,6 +210,24 @@ def figure(path_stem: str, results_dir: Optional[str] = None):
     return path
 
   return plt, save
+
+
+def write_text(path: Optional[str], text: str) -> None:
+  """Print `text` and, if a path is given, write it there (creating the folder)."""
+  print(text)
+  if path:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+      fh.write(text)
+
+
+def cli(run, default_config: str) -> None:
+  """A study driver's command line: `--config=configs/<study>.py:PRESET [--config.x=...]`."""
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", default_config, "study config")
+  app.run(lambda argv: run(flags.FLAGS.config))
 
 
 def bar_chart(ax, groups: Sequence[str], series: dict, ylabel: str, title: str = "") -> None:

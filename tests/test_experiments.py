@@ -55,7 +55,7 @@ def test_benchmark_scripts_run(micro_world, tmp_path):
   import bench_train
   bench_model.main(["--preset", "micro", "--vocab", "64", "--seq", "16", "--cache", "32",
                     "--decode_steps", "4", "--out", str(tmp_path / "m.md")])
-  bench_train.main(["--target", "tiny", "--draft", "micro", "--vocab", "64", "--batch", "2", "--seq", "16",
+  bench_train.main(["--target", "tiny", "--draft", "micro", "--vocab", "64", "--batch", "2", "--seq", "16", "--dtypes", "float32",
                     "--top_k", "4", "--steps", "1", "--out", str(tmp_path / "t.md")])
   world = os.environ["SPECDISTILL_WORLD"]
   bench_decode.main(["--target", f"{world}/target_general/hf", "--draft", f"{world}/draft_generic/hf",

@@ -65,14 +65,14 @@ class Trainer:
     self.batch_shardings = sharding.batch_shardings(
         {k: np.zeros((c.source.batch_size,) + v.shape[1:], v.dtype) for k, v in sample.items()},
         self.mesh, self.rules)
-    use_target = c.objective.needs_target
+    use_target = c.objective.needs_target and c.objective.loss != "ce"
     self.train_step = step_lib.make_train_step(
         c.objective, self.graphdef, self.tx, self.target_graphdef if use_target else None,
         self.reference_graphdef, self.state_shardings, self.batch_shardings,
         target_sh if use_target else None, reference_sh, self.mesh, config.objective.chunk_tokens)
+    has_target = self.target_graphdef is not None
     eval_objective = step_lib.Objective(
-        loss=c.objective.loss if c.objective.loss == "ce" or self.target_graphdef is not None else "ce",
-        teacher="online" if self.target_graphdef is not None and c.objective.loss != "ce" else "tokens",
+        loss=c.objective.loss if has_target else "ce", teacher="online" if has_target else "tokens",
         beta=c.objective.beta, temperature=c.objective.temperature,
         adaspec_fraction=c.objective.adaspec_fraction)
     self.eval_step = step_lib.make_eval_step(eval_objective, self.graphdef, self.target_graphdef,

@@ -5,9 +5,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flax import nnx
+
 from specdistill_jax import models
 
 ATOL = 1e-5
+
+
+@nnx.jit
+def _full(model, tokens, positions=None, segment_ids=None):
+  return model(tokens, positions=positions, segment_ids=segment_ids)
+
+
+@nnx.jit
+def _cached(model, tokens, cache, num_valid=None):
+  return model.forward_cached(tokens, cache, num_valid)
 
 
 def _model(**overrides):
@@ -24,11 +36,11 @@ def _tokens(batch, length, vocab=97, seed=0):
 def test_token_by_token_decode_matches_full_forward_with_ragged_prompts(overrides):
   model = _model(**overrides)
   tokens = _tokens(3, 12)
-  full = model(tokens)
+  full = _full(model, tokens)
   lengths = jnp.array([5, 1, 8])
   width = int(lengths.max())
   cache = model.init_cache(3, 16)
-  logits, cache = model.forward_cached(tokens[:, :width], cache, num_valid=lengths)
+  logits, cache = _cached(model, tokens[:, :width], cache, lengths)
   np.testing.assert_array_equal(cache.lengths, lengths)
   for b in range(3):
     np.testing.assert_allclose(logits[b, : lengths[b]], full[b, : lengths[b]], atol=ATOL)
@@ -36,7 +48,7 @@ def test_token_by_token_decode_matches_full_forward_with_ragged_prompts(override
   for _ in range(12 - width):
     nxt = jnp.take_along_axis(tokens, cache.lengths[:, None], axis=1)
     pos = cache.lengths
-    logits, cache = model.forward_cached(nxt, cache)
+    logits, cache = _cached(model, nxt, cache)
     want = jnp.take_along_axis(full, pos[:, None, None], axis=1)
     np.testing.assert_allclose(logits, want, atol=ATOL)
 
@@ -45,20 +57,20 @@ def test_rollback_only_moves_lengths():
   """Feed junk (rejected drafts), roll back, feed the real tokens: logits as the full forward."""
   model = _model()
   tokens = _tokens(2, 10)
-  full = model(tokens)
+  full = _full(model, tokens)
   cache = model.init_cache(2, 16)
-  _, cache = model.forward_cached(tokens[:, :4], cache)
+  _, cache = _cached(model, tokens[:, :4], cache)
   junk = _tokens(2, 4, seed=1)
-  _, junk_cache = model.forward_cached(junk, cache)
+  _, junk_cache = _cached(model, junk, cache)
   np.testing.assert_array_equal(junk_cache.lengths, [8, 8])
   rolled = junk_cache.with_lengths(jnp.array([4, 6]))  # row 1 keeps 2 junk tokens as "accepted"
   # row 0: real tokens 4..7; row 1: its accepted junk then nothing else to check
-  logits, _ = model.forward_cached(tokens[:, 4:8], rolled.with_lengths(jnp.array([4, 4])))
+  logits, _ = _cached(model, tokens[:, 4:8], rolled.with_lengths(jnp.array([4, 4])))
   np.testing.assert_allclose(logits, full[:, 4:8], atol=ATOL)
   # row 1 continuing after 2 accepted junk tokens equals a fresh forward of that sequence
   seq = jnp.concatenate([tokens[1, :4], junk[1, :2], tokens[1, 6:8]])[None]
-  want = model(seq)[0, 6:8]
-  logits, _ = model.forward_cached(tokens[:, 6:8], rolled)
+  want = _full(model, seq)[0, 6:8]
+  logits, _ = _cached(model, tokens[:, 6:8], rolled)
   np.testing.assert_allclose(logits[1], want, atol=ATOL)
 
 
@@ -68,20 +80,20 @@ def test_segment_ids_isolate_packed_sequences():
   packed = jnp.concatenate([a, b, jnp.zeros((1, 3), jnp.int32)], axis=1)
   seg = jnp.array([[1] * 5 + [2] * 4 + [0] * 3])
   pos = jnp.array([list(range(5)) + list(range(4)) + [0] * 3])
-  out = model(packed, positions=pos, segment_ids=seg)
-  np.testing.assert_allclose(out[:, :5], model(a), atol=ATOL)
-  np.testing.assert_allclose(out[:, 5:9], model(b), atol=ATOL)
+  out = _full(model, packed, pos, seg)
+  np.testing.assert_allclose(out[:, :5], _full(model, a), atol=ATOL)
+  np.testing.assert_allclose(out[:, 5:9], _full(model, b), atol=ATOL)
 
 
 def test_bf16_params_and_compute_run_and_stay_close():
   f32 = _model()
   bf = models.Transformer(f32.config.replace(dtype="bfloat16", param_dtype="bfloat16"),
-                          rngs=__import__("flax").nnx.Rngs(0))
+                          rngs=nnx.Rngs(0))
   tokens = _tokens(2, 8)
-  out = bf(tokens)
+  out = _full(bf, tokens)
   assert out.dtype == jnp.float32 and bool(jnp.isfinite(out).all())
   # same init seed: bf16 logits stay near the fp32 ones
-  assert float(jnp.abs(out - f32(tokens)).max()) < 0.15
+  assert float(jnp.abs(out - _full(f32, tokens)).max()) < 0.15
 
 
 @pytest.mark.parametrize("kw,match", [({"num_heads": 4, "num_kv_heads": 3}, "num_kv_heads"),
@@ -98,7 +110,6 @@ def test_unknown_preset_lists_known_ones():
 
 
 def test_num_params_matches_the_model():
-  from flax import nnx
   for overrides in ({}, {"qkv_bias": True, "tie_embeddings": True}):
     model = _model(**overrides)
     counted = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -107,7 +118,6 @@ def test_num_params_matches_the_model():
 
 def test_bf16_mixed_precision_gradients_match_fp32():
   """bf16 compute (custom VJP: bf16 x bf16 -> fp32 in both passes) keeps the fp32 gradient."""
-  from flax import nnx
   f32 = _model()
   bf = models.Transformer(f32.config.replace(dtype="bfloat16"), rngs=nnx.Rngs(0))  # fp32 params
   tokens = _tokens(2, 12)
@@ -115,7 +125,7 @@ def test_bf16_mixed_precision_gradients_match_fp32():
   def grads(model):
     graphdef, params = nnx.split(model, nnx.Param)
     loss = lambda p: jnp.mean(jax.nn.log_softmax(nnx.merge(graphdef, p)(tokens))[..., 3])  # noqa: E731
-    return jax.tree.leaves(jax.grad(loss)(params))
+    return jax.tree.leaves(jax.jit(jax.grad(loss))(params))
 
   for a, b in zip(grads(f32), grads(bf)):
     a, b = np.ravel(np.asarray(a)), np.ravel(np.asarray(b, np.float32))
