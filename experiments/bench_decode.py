@@ -13,7 +13,7 @@ Writes experiments/results/decode_benchmark.md.
 
 Prompts: a file with one JSON token-id list or one text line per line (text
 needs a tokenizer in the target directory); default: the chat template's
-user turns from the `sharegpt_chat` validation split.
+user turns from a corpus' validation split (--corpus, default sharegpt_chat).
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ from specdistill_jax import loading, models, sampling  # noqa: E402
 from specdistill_jax.evaluate import step_seconds, theoretical_speedup  # noqa: E402
 
 
-def default_prompts(target_dir: str, n: int, corpus_config: str = "full") -> list[list[int]]:
+def default_prompts(target_dir: str, n: int, corpus: str = "sharegpt_chat",
+                    corpus_config: str = "full") -> list[list[int]]:
   from specdistill_jax.data import prompts as prompt_sets
   tokenizer = loading.load_tokenizer(target_dir)
-  return prompt_sets.historical_queries(tokenizer, "sharegpt_chat", "validation", n,
-                                        max_prompt_tokens=48, config=corpus_config)
+  return prompt_sets.historical_queries(tokenizer, corpus, "validation", n, max_prompt_tokens=48,
+                                        config=corpus_config)
 
 
 def read_prompts(path: str, target_dir: str) -> list[list[int]]:
@@ -102,6 +103,7 @@ def main(argv=None):
   p.add_argument("--draft", required=True)
   p.add_argument("--prompts", default=None)
   p.add_argument("--num_prompts", type=int, default=8)
+  p.add_argument("--corpus", default="sharegpt_chat", help="validation user turns of this corpus")
   p.add_argument("--corpus_config", default="full", help="'small' for the micro world")
   p.add_argument("--max_new_tokens", type=int, default=64)
   p.add_argument("--gammas", default="2,4,8")
@@ -115,7 +117,7 @@ def main(argv=None):
 
   target, draft = loading.load_model(args.target), loading.load_model(args.draft)
   prompts = (read_prompts(args.prompts, args.target) if args.prompts
-             else default_prompts(args.target, args.num_prompts, args.corpus_config))[: args.num_prompts]
+             else default_prompts(args.target, args.num_prompts, args.corpus, args.corpus_config))[: args.num_prompts]
   n_new = args.max_new_tokens
   gammas = [int(g) for g in args.gammas.split(",")]
   temps = [float(t) for t in args.temperatures.split(",")]
@@ -153,7 +155,7 @@ def main(argv=None):
   text = "\n".join([
       "# Decode benchmark: speculative vs autoregressive", "",
       f"Command: `python experiments/bench_decode.py --target {args.target} --draft {args.draft}"
-      f" --max_new_tokens {n_new}`", "",
+      f" --corpus {args.corpus} --max_new_tokens {n_new}`", "",
       f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} "
       f"({jax.devices()[0].platform}). Target {t_params / 1e6:.1f}M params, draft "
       f"{d_params / 1e6:.2f}M params; {len(prompts)} prompts, {n_new} new tokens each; "

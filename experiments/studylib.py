@@ -227,7 +227,11 @@ def cli(run, default_config: str) -> None:
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file("config", default_config, "study config")
-  app.run(lambda argv: run(flags.FLAGS.config))
+  def main(argv):
+    del argv
+    run(flags.FLAGS.config)  # returns the results path; app.run would exit non-zero on it
+
+  app.run(main)
 
 
 def bar_chart(ax, groups: Sequence[str], series: dict, ylabel: str, title: str = "") -> None:
