@@ -8,8 +8,9 @@ Presets (`--config=configs/distill.py:PRESET[,key=value...]`):
         --config.data_dir=workdir/data
   (~20 s on 2 CPU cores; the loss falls, alpha is meaningless with random models).
 
-* cpu: the CPU world's general target (~16M) and generic draft (~1.5M), on-policy data,
-  forward KL, sharegpt_chat. Needs `python experiments/build_world.py` first.
+* cpu: the CPU world's code target (12.6M) and generic draft (1.44M), on-policy data,
+  forward KL, sharegpt_code prompts (the general target leaves a chat-trained draft little
+  to learn). Needs `python experiments/build_world.py` first.
     python -m specdistill_jax.train --config=configs/distill.py:cpu --workdir=workdir/runs/distill
   Inline overrides pick the DistillSpec cell: `cpu,loss=rkl,source=mixture`.
 
@@ -41,11 +42,12 @@ def get_config(arg=None):
     c.train.update(steps=20, eval_every=10, eval_batches=1, checkpoint_every=10, log_every=5)
     c.eval.update(num_prompts=2, max_new_tokens=8)
   elif name == "cpu":
-    c.target = common.model(hf_path=common.world("target_general", "hf"))
-    c.draft = common.model(hf_path=common.world("draft_generic", "hf"))
-    c.data.update(batch_size=16, max_len=128, max_prompt_len=64, max_new_tokens=48, source="on_policy")
-    c.optim.update(lr=3e-4, warmup_steps=20)
-    c.train.update(steps=300, eval_every=100, eval_batches=4, checkpoint_every=100)
+    c.target = common.model(hf_path=common.world("target_code", "hf"), dtype="bfloat16")
+    c.draft = common.model(hf_path=common.world("draft_generic", "hf"), dtype="bfloat16")
+    c.data.update(corpora="sharegpt_code", batch_size=16, max_len=128, max_prompt_len=64,
+                  max_new_tokens=48, source="on_policy")
+    c.optim.update(lr=1e-3, warmup_steps=20)
+    c.train.update(steps=200, eval_every=50, eval_batches=4, checkpoint_every=50)
     c.eval.update(num_prompts=16, max_new_tokens=48)
   else:
     models_dir = os.environ.get("MODELS_DIR", "/models")
