@@ -1,6 +1,6 @@
 """The CPU-scale model world: every model the studies need, trained with the project's own loop.
 
-    python experiments/build_world.py              # all of it (scale cpu), ~60 min on 2 cores
+    python experiments/build_world.py              # all of it (scale cpu): measured 80.5 min on 2 cores
     python -m specdistill_jax.train --config=configs/world.py:target_general --workdir=workdir/world/target_general
 
 Models (`--config=configs/world.py:NAME[,scale=cpu|quick|micro]`), each exported to
@@ -16,7 +16,10 @@ compute with fp32 parameters):
 
 Scales: cpu (the studies), quick (the README's quick study: a 5M target, minutes), micro
 (smoke tests: 'tiny'/'micro' models, a few steps on the small corpora).
-Measured on 2 cores (scale cpu): see experiments/results/world.md.
+Measured on 2 cores (scale cpu; experiments/results/world.md): target_general 46.0 min
+(validation CE 3.86), draft_generic 8.0 (4.27), target_code 10.8 (4.07), target_tools 8.3
+(0.53), target_mix 6.7 (3.55); 80.5 min with data preparation, while other jobs shared
+the cores at times (an idle machine is faster).
 """
 
 from configs import common

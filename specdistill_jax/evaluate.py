@@ -54,13 +54,20 @@ def _step_program(graphdef, steps: int):
   return run
 
 
-def step_seconds(model, batch: int, cache_size: int, steps: int = 32, repeats: int = 5) -> float:
-  """Seconds per cached one-token forward (best of `repeats`), a quarter of the cache filled."""
+def step_seconds(model, batch: int, cache_size: int, steps: int = 32, repeats: int = 5,
+                 tokens: int = 1) -> float:
+  """Seconds per cached forward of `tokens` new tokens per row (best of `repeats`).
+
+  tokens=1 is a decode step; tokens=gamma+1 is a verification pass. The cache starts a
+  quarter full and `steps` is capped so the forwards fit in it.
+  """
+  start = cache_size // 4
+  steps = max(1, min(steps, (cache_size - start) // tokens))
   graphdef, state = nnx.split(model)
   run = _step_program(graphdef, steps)
   cache = models.init_cache(model.config, batch, cache_size).with_lengths(
-      jnp.full((batch,), cache_size // 4, jnp.int32))
-  token = jnp.zeros((batch, 1), jnp.int32)
+      jnp.full((batch,), start, jnp.int32))
+  token = jnp.zeros((batch, tokens), jnp.int32)
   jax.block_until_ready(run(state, cache, token))
   best = float("inf")
   for _ in range(repeats):
