@@ -19,6 +19,17 @@ CLAIMS = {"offline_vs_online": "offline beats online by 11-25%",
           "scaling": "more data helps, across domains"}
 
 
+
+def band(value: float, low: float, high: float) -> str:
+  """Verdict for a measured percentage against the paper's range [low, high]."""
+  if low <= value <= high:
+    return "agrees"
+  if value > high:
+    return f"agrees in direction, {value - high:.0f} points above the range"
+  if value > 0:
+    return f"agrees in direction, {low - value:.0f} points below the range"
+  return f"disagrees ({value - low:.0f} points from the range, opposite sign)"
+
 def cell_config(config, cell: str, seed: int, num_prompts=None):
   c = copy.deepcopy(config.base)
   spec = dict(CELLS[cell])
@@ -75,20 +86,21 @@ def run(config) -> str:
   for t in config.temperatures:
     parts = []
     if {"offline_whitebox", "online_whitebox"} <= set(config.cells):
-      parts.append(f"offline vs online {lib.relative(alpha('offline_whitebox', t), alpha('online_whitebox', t)):+.0f}% "
-                   f"(paper: {CLAIMS['offline_vs_online']})")
+      gap = lib.relative(alpha("offline_whitebox", t), alpha("online_whitebox", t))
+      parts.append(f"offline vs online {gap:+.0f}% (paper: {CLAIMS['offline_vs_online']}): {band(gap, 11, 25)}")
     if {"offline_whitebox", "offline_blackbox"} <= set(config.cells):
-      parts.append(f"white-box vs black-box {lib.relative(alpha('offline_whitebox', t), alpha('offline_blackbox', t)):+.0f}% "
-                   f"(paper: {CLAIMS['white_vs_black']})")
+      gap = lib.relative(alpha("offline_whitebox", t), alpha("offline_blackbox", t))
+      parts.append(f"white-box vs black-box {gap:+.0f}% (paper: {CLAIMS['white_vs_black']}): {band(gap, 2, 10)}")
     if {"offline_whitebox", "synthetic_whitebox"} <= set(config.cells):
       base = alpha("undistilled", t)
+      ratio = 100 * alpha("synthetic_whitebox", t) / alpha("offline_whitebox", t)
       share = (alpha("synthetic_whitebox", t) - base) / max(alpha("offline_whitebox", t) - base, 1e-9)
-      parts.append(f"synthetic reaches {100 * alpha('synthetic_whitebox', t) / alpha('offline_whitebox', t):.0f}% of "
-                   f"historical alpha ({100 * share:.0f}% of its gain over the undistilled draft; paper: "
-                   f"{CLAIMS['synthetic']})")
+      parts.append(f"synthetic reaches {ratio:.0f}% of historical alpha ({100 * share:.0f}% of its gain over the "
+                   f"undistilled draft; paper: {CLAIMS['synthetic']}): {band(ratio, 80, 93)}")
     curve = [alpha(f"scaling_{n}", t) for n in config.scaling]
-    trend = "rises" if all(b >= a - 0.005 for a, b in zip(curve, curve[1:])) else "is not monotone"
-    parts.append(f"alpha {trend} with data ({', '.join(f'{v:.3f}' for v in curve)}; paper: {CLAIMS['scaling']})")
+    rises = all(b >= a - 0.005 for a, b in zip(curve, curve[1:]))
+    parts.append(f"alpha {'rises' if rises else 'is not monotone'} with data ({', '.join(f'{v:.3f}' for v in curve)}; "
+                 f"paper: {CLAIMS['scaling']}): {'agrees' if rises else 'disagrees'}")
     lines.append(f"T={t:g}: " + "; ".join(parts) + ".")
   report.text("**Against the paper.**\n\n" + "\n\n".join(lines) + "\n\n"
               "Agreement is read per claim: the sign and rough size of each gap. Likely reasons for differences at "
