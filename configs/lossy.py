@@ -7,8 +7,10 @@ rejections to trade away). Temperature 1, gamma 4, 32 validation requests x 40 t
 3 seeds, eps in {1, 0.5, 0.2, 0.1, 0.05} for each lenience kind. Quality: the target's
 mean per-token log-likelihood of the outputs, and the fraction of outputs whose JSON
 call equals the reference call exactly. eps = 1 is lossless (f = p). No training.
-Expected run time on 2 CPU cores: ~10 min.
-Expected numbers: see experiments/results/lossy.md.
+Measured run time on 2 CPU cores: 2.1 min.
+Expected numbers (experiments/results/lossy.md): lossless tau 1.08, log-lik -0.516, exact
+match 0.281; at eps 0.05: f_lin tau 1.22 (match 0.19), f_sq 2.04 (0.02), f_exp 4.95 (0.00);
+f_exp is the most aggressive at every eps < 1.
 
 Presets: cpu, micro (smoke test), gpu (Qwen2.5-0.5B-Instruct draft, Qwen2.5-7B-Instruct
 target on function_calling; local checkpoints under $MODELS_DIR).
