@@ -66,8 +66,8 @@ def verdict_overall(cells, sums, config) -> str:
            "1.4M draft trained 120 steps moves far less than DistillSpec's T5 drafts, and its own samples "
            "(on-policy data) are poor text early in training, so they teach less than the target's or the "
            "ground truth's. Speedups over autoregressive decoding stay below 1 on this CPU: the theory column "
-           "assumes verifying gamma+1 tokens costs one target step, but for a model this small it costs 1.3-2.3 "
-           "steps at batch 1 and 1.8-3.7 at batch 8 (experiments/results/decode_benchmark.md), more at the batch "
+           "assumes verifying gamma+1 tokens costs one target step, but for a model this small it costs 1.25-2.06 "
+           "steps at batch 1 and 1.61-3.48 at batch 8 (experiments/results/decode_benchmark.md), more at the batch "
            "of 32 used here, and each round adds overhead of its own.")
   return text
 
