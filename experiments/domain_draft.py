@@ -25,10 +25,10 @@ def band(value: float, low: float, high: float) -> str:
   if low <= value <= high:
     return "agrees"
   if value > high:
-    return f"agrees in direction, {value - high:.0f} points above the range"
+    return f"agrees in direction, {value - high:.1f} points above the range"
   if value > 0:
-    return f"agrees in direction, {low - value:.0f} points below the range"
-  return f"disagrees ({value - low:.0f} points from the range, opposite sign)"
+    return f"agrees in direction, {low - value:.1f} points below the range"
+  return f"disagrees ({low - value:.1f} points below the range, no gain)"
 
 def cell_config(config, cell: str, seed: int, num_prompts=None):
   c = copy.deepcopy(config.base)
@@ -87,10 +87,10 @@ def run(config) -> str:
     parts = []
     if {"offline_whitebox", "online_whitebox"} <= set(config.cells):
       gap = lib.relative(alpha("offline_whitebox", t), alpha("online_whitebox", t))
-      parts.append(f"offline vs online {gap:+.0f}% (paper: {CLAIMS['offline_vs_online']}): {band(gap, 11, 25)}")
+      parts.append(f"offline vs online {gap:+.1f}% (paper: {CLAIMS['offline_vs_online']}): {band(gap, 11, 25)}")
     if {"offline_whitebox", "offline_blackbox"} <= set(config.cells):
       gap = lib.relative(alpha("offline_whitebox", t), alpha("offline_blackbox", t))
-      parts.append(f"white-box vs black-box {gap:+.0f}% (paper: {CLAIMS['white_vs_black']}): {band(gap, 2, 10)}")
+      parts.append(f"white-box vs black-box {gap:+.1f}% (paper: {CLAIMS['white_vs_black']}): {band(gap, 2, 10)}")
     if {"offline_whitebox", "synthetic_whitebox"} <= set(config.cells):
       base = alpha("undistilled", t)
       ratio = 100 * alpha("synthetic_whitebox", t) / alpha("offline_whitebox", t)
