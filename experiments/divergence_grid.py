@@ -94,18 +94,10 @@ def run(config) -> str:
   c_ratio = evaluate.cost_ratio(target, base_draft, len(prompts[0]), cache)
 
   def measure(draft_of, gamma):
-    """{temperature: {metric: Stat}} for draft_of(seed) at this gamma."""
-    out = {}
-    for temp in config.temperatures:
-      per = {"alpha": [], "tau": [], "tps": []}
-      for seed in range(config.seeds):
-        r = lib.evaluate_pair(target, draft_of(seed), prompts[seed], gamma, temp, seed,
-                              config.max_new_tokens, timed=True)
-        per["alpha"].append(r["alpha"])
-        per["tau"].append(r["tau"])
-        per["tps"].append(r["tokens_per_second"])
-      out[temp] = per
-    return out
+    """{temperature: {metric: per-seed values}} for draft_of(seed) at this gamma."""
+    stats = lib.seed_stats(target, draft_of, prompts, config, gamma=gamma, timed=True)
+    return {temp: {"alpha": [r["alpha"] for r in s["runs"]], "tau": [r["tau"] for r in s["runs"]],
+                   "tps": [r["tokens_per_second"] for r in s["runs"]]} for temp, s in stats.items()}
 
   ar = {t: [lib.autoregressive_tps(target, prompts[s], t, s, config.max_new_tokens) for s in range(config.seeds)]
         for t in config.temperatures}

@@ -122,12 +122,13 @@ def evaluate_pair(target, draft, prompt_ids, gamma: int, temperature: float, see
 
 
 def seed_stats(target, draft_of, prompts_by_seed: dict, config, gamma=None, temperatures=None,
-               lenience=None, keys=("alpha", "tau")) -> dict:
-  """{temperature: {key: Stat over seeds}}; draft_of(seed) gives the draft (or a list: routing)."""
+               lenience=None, keys=("alpha", "tau"), timed: bool = False) -> dict:
+  """{temperature: {key: Stat over seeds, "runs": per-seed stats}}; draft_of(seed) gives the draft
+  (or a list: routing); `timed` as in evaluate_pair."""
   out = {}
   for temp in temperatures if temperatures is not None else config.temperatures:
     runs = [evaluate_pair(target, draft_of(seed), prompts_by_seed[seed], gamma or config.gamma, temp, seed,
-                          config.max_new_tokens, lenience=lenience) for seed in sorted(prompts_by_seed)]
+                          config.max_new_tokens, lenience=lenience, timed=timed) for seed in sorted(prompts_by_seed)]
     out[temp] = {k: aggregate([r[k] for r in runs]) for k in keys}
     out[temp]["runs"] = runs
   return out

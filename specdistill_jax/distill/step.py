@@ -54,6 +54,11 @@ class Objective:
     return self.teacher == "online"
 
   @property
+  def step_needs_target(self) -> bool:
+    """Whether the train step reads the target's logits ('ce' trains on tokens alone)."""
+    return self.needs_target and self.loss != "ce"
+
+  @property
   def needs_reference(self) -> bool:
     return self.loss == "adaspec"
 

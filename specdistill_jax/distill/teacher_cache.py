@@ -125,23 +125,20 @@ def build_teacher_cache(out_dir: str, target, prompts: list[list[int]], *, max_l
     if writer:
       for name in arrays:
         arrays[name][start:end] = batch[name]
-  if not writer:
+  if writer:
+    for a in arrays.values():
+      a.flush()
+    # token (int32) + mask (uint8), plus k values (fp32) + k ids + the log-normaliser (fp32)
+    meta["bytes_per_token"] = 5 + (top_k * (4 + np.dtype(idx_dtype).itemsize) + 4 if top_k else 0)
+    meta["full_logits_bytes_per_token"] = 4 * target.config.vocab_size
+    with open(os.path.join(tmp, "meta.json"), "w") as fh:
+      json.dump(meta, fh, indent=1)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+  if jax.process_count() > 1:  # the others wait for process 0's files
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"teacher cache {out_dir}")
-    return read_meta(out_dir)
-  for a in arrays.values():
-    a.flush()
-  # token (int32) + mask (uint8), plus k values (fp32) + k ids + the log-normaliser (fp32)
-  meta["bytes_per_token"] = 5 + (top_k * (4 + np.dtype(idx_dtype).itemsize) + 4 if top_k else 0)
-  meta["full_logits_bytes_per_token"] = 4 * target.config.vocab_size
-  with open(os.path.join(tmp, "meta.json"), "w") as fh:
-    json.dump(meta, fh, indent=1)
-  shutil.rmtree(out_dir, ignore_errors=True)
-  os.replace(tmp, out_dir)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(f"teacher cache {out_dir}")
-  return meta
+  return meta if writer else read_meta(out_dir)
 
 
 def read_meta(path: str) -> Optional[dict]:

@@ -65,7 +65,7 @@ class Trainer:
     self.batch_shardings = sharding.batch_shardings(
         {k: np.zeros((c.source.batch_size,) + v.shape[1:], v.dtype) for k, v in sample.items()},
         self.mesh, self.rules)
-    use_target = c.objective.needs_target and c.objective.loss != "ce"
+    use_target = c.objective.step_needs_target
     self.train_step = step_lib.make_train_step(
         c.objective, self.graphdef, self.tx, self.target_graphdef if use_target else None,
         self.reference_graphdef, self.state_shardings, self.batch_shardings,
