@@ -98,11 +98,9 @@ def prompts(chat: ChatFormat, corpus: str, n: int, seed: int, max_prompt_tokens:
 
 
 def references(corpus: str, n: int, seed: int, split: str = "validation", corpus_config: str = "full") -> list[str]:
-  """The reference responses of the examples `prompts(..., seed)` draws (same seeded order)."""
-  from specdistill_jax.data import corpora
-  source = corpora.load(corpus, split, None, corpus_config)
-  order = np.random.default_rng(seed).permutation(len(source))[:n]
-  return [source[int(i)][1] for i in order]
+  """The reference responses of the examples `prompts(..., seed)` draws."""
+  from specdistill_jax.data.prompts import sampled_examples
+  return [response for _, response in sampled_examples(corpus, split, n, None, seed, corpus_config)]
 
 
 def evaluate_pair(target, draft, prompt_ids, gamma: int, temperature: float, seed: int,

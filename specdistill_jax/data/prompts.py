@@ -30,6 +30,14 @@ def _truncate(ids: list[int], max_tokens: Optional[int]) -> list[int]:
   return ids[:1] + ids[len(ids) - max_tokens + 1:]  # keep BOS and the end (assistant marker)
 
 
+def sampled_examples(corpus: str, split: str, n: int, data_dir: Optional[str] = None, seed: int = 0,
+                     config: str = "full", documents: bool = False) -> list:
+  """The n records of `corpus` that every prompt set draws for this seed (a seeded permutation)."""
+  source = corpora.load(corpus, split, data_dir, config, documents=documents)
+  order = np.random.default_rng(seed).permutation(len(source))[:n]
+  return [source[int(i)] for i in order]
+
+
 def historical_queries(tokenizer, corpus: str, split: str, n: int, data_dir: Optional[str] = None,
                        max_prompt_tokens: Optional[int] = None, seed: int = 0,
                        config: str = "full") -> list[list[int]]:
@@ -38,17 +46,14 @@ def historical_queries(tokenizer, corpus: str, split: str, n: int, data_dir: Opt
   if corpora.FIELDS.get(corpus, corpora.Fields(None, None, "")).prompt is None:
     raise ValueError(f"corpus {corpus!r} has no user queries (documents only): use "
                      "curated_documents, or a corpus with prompts")
-  source = corpora.load(corpus, split, data_dir, config)
-  order = np.random.default_rng(seed).permutation(len(source))[:n]
-  return [_truncate(chat.prompt_ids(source[int(i)][0]), max_prompt_tokens) for i in order]
+  return [_truncate(chat.prompt_ids(prompt), max_prompt_tokens)
+          for prompt, _ in sampled_examples(corpus, split, n, data_dir, seed, config)]
 
 
 def curated_documents(corpus: str, split: str, n: int, data_dir: Optional[str] = None,
                       seed: int = 0, config: str = "full") -> list[str]:
   """n documents of the domain (seeded sample): the curated-text scenario."""
-  source = corpora.load(corpus, split, data_dir, config, documents=True)
-  order = np.random.default_rng(seed).permutation(len(source))[:n]
-  return [source[int(i)][1] for i in order]
+  return [doc for _, doc in sampled_examples(corpus, split, n, data_dir, seed, config, documents=True)]
 
 
 def synthetic_prompts(target, tokenizer, n: int, rng=0, max_query_tokens: int = 32,
