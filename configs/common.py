@@ -13,7 +13,9 @@ import os
 from typing import Any, Optional
 
 import ml_collections
+from ml_collections import config_dict
 
+from specdistill_jax.models.config import OVERRIDE_TYPES
 from specdistill_jax.sharding import DEFAULT_RULES
 
 
@@ -72,18 +74,42 @@ def sharding_rules() -> tuple:
   return DEFAULT_RULES
 
 
+# dtype and param_dtype are fields of the model spec itself
+_SPEC_FIELDS = ("dtype", "param_dtype")
+
+
+def model_overrides(**values) -> ml_collections.ConfigDict:
+  """One typed placeholder per ModelConfig field (None = the preset's value), some set.
+
+  Typed placeholders let `--config.draft.overrides.d_model=768` (or any other field)
+  work from the command line: ml_collections cannot add keys or parse into None.
+  """
+  unknown = sorted(set(values) - set(OVERRIDE_TYPES))
+  if unknown:
+    raise KeyError(f"unknown model override(s) {unknown}; ModelConfig fields: {sorted(OVERRIDE_TYPES)}")
+  fields = {}
+  for name, kind in OVERRIDE_TYPES.items():
+    if name in _SPEC_FIELDS:
+      continue
+    value = values.get(name)
+    fields[name] = config_dict.placeholder(kind) if value is None else config_dict.FieldReference(
+        tuple(value) if kind is tuple else kind(value), field_type=kind)
+  return ml_collections.ConfigDict(fields)
+
+
 def model(preset: str = "", hf_path: str = "", checkpoint: str = "", dtype: str = "float32",
           param_dtype: str = "float32", seed: int = 0, **overrides) -> ml_collections.ConfigDict:
   """Where a model comes from: an HF directory, an orbax model checkpoint, or a preset.
 
   The first that is set wins (hf_path, then checkpoint, then preset). A preset
-  takes its vocabulary from the tokenizer; `overrides` change preset fields.
+  takes its vocabulary from the tokenizer; `overrides` change preset fields (every
+  ModelConfig field is there, None meaning the preset's value).
   dtype is the compute dtype (bfloat16 = mixed precision: bf16 matmuls with fp32
   accumulation); param_dtype the storage dtype of the parameters.
   """
   return ml_collections.ConfigDict(dict(
       preset=preset, hf_path=hf_path, checkpoint=checkpoint, dtype=dtype, param_dtype=param_dtype,
-      seed=seed, overrides=ml_collections.ConfigDict(overrides)))
+      seed=seed, overrides=model_overrides(**overrides)))
 
 
 def train_config() -> ml_collections.ConfigDict:

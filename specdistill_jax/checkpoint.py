@@ -5,13 +5,17 @@ holds the state pytree plus a JSON metadata record (model config, data
 position, ...). Orbax writes each step to a temporary directory and renames it
 when complete, so a crash mid-save never damages a finished checkpoint.
 Restoring a missing or unreadable checkpoint raises `CheckpointError` naming
-the directory and what to do.
+the directory and what to do. `restore_newest` is the resume path: a step that
+fails to restore (a truncated file, a damaged manifest) is reported in one line,
+moved aside to `STEP.corrupt` (never deleted) and the next older step is tried.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any, Optional
+import sys
+from typing import Any, Callable, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -20,6 +24,30 @@ from flax import nnx
 
 class CheckpointError(RuntimeError):
   """A checkpoint that is missing, unreadable, or belongs to another model."""
+
+
+class CheckpointMismatch(CheckpointError):
+  """A readable checkpoint of another model or run: never moved aside, always reported."""
+
+
+def _one_line(e: BaseException, limit: int = 240) -> str:
+  """The root cause of `e` on one line (orbax wraps the useful message several levels deep)."""
+  while e.__cause__ is not None:
+    e = e.__cause__
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+class _quiet_orbax:
+  """Silence orbax's own error logging while a restore that may fail is attempted."""
+
+  def __enter__(self):
+    self.logger = logging.getLogger("absl")
+    self.level = self.logger.level
+    self.logger.setLevel(logging.CRITICAL)
+
+  def __exit__(self, *exc):
+    self.logger.setLevel(self.level)
 
 
 def abstract_like(tree) -> Any:
@@ -81,6 +109,55 @@ class Checkpointer:
           f"checkpoint metadata at {self.directory}/{step} is unreadable ({type(e).__name__}: "
           f"{e}); delete that step directory to fall back to an earlier one") from e
     return dict(out.meta or {})
+
+  def move_aside(self, step: int) -> str:
+    """Rename step directory `step` to `step.corrupt` (or `.corrupt-N`); returns the new path."""
+    src = os.path.join(self.directory, str(int(step)))
+    dst, n = src + ".corrupt", 1
+    while os.path.exists(dst):
+      dst, n = f"{src}.corrupt-{n}", n + 1
+    import jax
+    if jax.process_index() == 0 and os.path.exists(src):
+      os.replace(src, dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"move aside {src}")
+    self.manager.reload()
+    return dst
+
+  def restore_newest(self, abstract_state, validate: Optional[Callable[[int, dict], None]] = None,
+                     report: Callable[[str], None] = None):
+    """(state, metadata, step) of the newest step that restores, or None when there is none.
+
+    A step whose metadata or state fails to read is reported through `report`
+    (default: one line on stderr), moved aside with `move_aside`, and the next
+    older step is tried. `validate(step, metadata)` may raise `CheckpointMismatch`
+    (another model): that propagates unchanged. When steps exist but none
+    restores, raises `CheckpointError` naming the directory.
+    """
+    report = report or (lambda line: print(line, file=sys.stderr, flush=True))
+    tried = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        with _quiet_orbax():
+          meta = self.metadata(step)
+          if validate is not None:
+            validate(step, meta)
+          state, meta = self.restore(abstract_state, step)
+        return state, meta, step
+      except CheckpointMismatch:
+        raise
+      except CheckpointError as e:
+        reason = _one_line(e)
+        moved = self.move_aside(step)
+        tried.append(f"{step} ({reason})")
+        report(f"checkpoint step {step} in {self.directory} does not restore ({reason}); "
+               f"moved it to {moved}, trying the previous one")
+    if tried:
+      raise CheckpointError(
+          f"no checkpoint in {self.directory} restores (tried steps {', '.join(tried)}); they were "
+          "moved aside as STEP.corrupt: start from a fresh --workdir or restore a backup")
+    return None
 
   def restore(self, abstract_state, step: Optional[int] = None):
     """(state, metadata) of `step` (default: latest), placed as `abstract_state`'s shardings.

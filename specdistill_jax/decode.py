@@ -19,7 +19,7 @@ import os
 
 from absl import app, flags
 
-from specdistill_jax import distributed, loading, sampling
+from specdistill_jax import cli, distributed, loading, sampling
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("target", None, "target model directory", required=True)
@@ -39,29 +39,43 @@ flags.DEFINE_string("out", None, "write generations and stats as JSON to this fi
 
 
 def read_prompts(path: str, tokenizer, chat: bool) -> list[list[int]]:
+  """One prompt per non-empty line: text, or a JSON list of token ids. Errors name the line."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"prompts file {path!r} does not exist")
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"prompts file {path!r} is a directory: pass a text file, one prompt per line")
+  try:
+    with open(path, encoding="utf-8") as fh:
+      lines = fh.read().splitlines()
+  except UnicodeDecodeError as e:
+    raise ValueError(f"prompts file {path!r} is not UTF-8 text (undecodable byte at offset {e.start}): "
+                     "write one prompt per line, as text or as a JSON list of token ids") from None
   prompts = []
-  with open(path) as fh:
-    for i, line in enumerate(fh):
-      line = line.rstrip("\n")
-      if not line.strip():
-        continue
-      if line.lstrip().startswith("["):
-        prompts.append([int(t) for t in json.loads(line)])
-        continue
-      if tokenizer is None:
-        raise ValueError(f"line {i + 1} of {path} is text but no tokenizer was found: pass "
-                         "--tokenizer or write prompts as JSON lists of token ids")
-      if chat:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": line}],
-                                            add_generation_prompt=True, tokenize=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-      else:
-        ids = tokenizer.encode(line, add_special_tokens=False)
-      prompts.append(list(ids))
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    if line.lstrip().startswith("["):
+      try:
+        ids = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"line {i + 1} of {path} starts with '[' but is not a JSON list ({e.msg}): "
+                         "write token ids as [1, 2, 3]") from None
+      if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+        raise ValueError(f"line {i + 1} of {path} must list integer token ids; got {line.strip()[:60]}")
+      prompts.append(ids)
+      continue
+    if tokenizer is None:
+      raise ValueError(f"line {i + 1} of {path} is text but no tokenizer was found: pass "
+                       "--tokenizer or write prompts as JSON lists of token ids")
+    if chat:
+      ids = tokenizer.apply_chat_template([{"role": "user", "content": line}],
+                                          add_generation_prompt=True, tokenize=True)
+      ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    else:
+      ids = tokenizer.encode(line, add_special_tokens=False)
+    prompts.append(list(ids))
   if not prompts:
-    raise ValueError(f"no prompts in {path}")
+    raise ValueError(f"no prompts in {path}: the file is empty (write one prompt per line)")
   return prompts
 
 
@@ -116,4 +130,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

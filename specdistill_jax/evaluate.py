@@ -161,7 +161,7 @@ def main(argv):
   target, draft = loading.load_model(f.target), loading.load_model(f.draft)
   chat = ChatFormat(loading.load_tokenizer(f.tokenizer or f.target))
   prompts = historical_queries(chat, f.corpus, f.split, f.num_prompts, f.data_dir,
-                               max_prompt_tokens=f.max_prompt_tokens)
+                               max_prompt_tokens=f.max_prompt_tokens, config=f.corpus_config)
   r = speculative_eval(target, draft, prompts, f.max_new_tokens, f.gamma, f.temperature, rng=f.seed,
                        repeats=2)
   r.pop("outputs")
@@ -172,16 +172,18 @@ if __name__ == "__main__":
   from absl import app, flags
 
   import specdistill_jax.distributed  # noqa: F401 - defines the multi-process flags
+  from specdistill_jax import cli
   flags.DEFINE_string("target", None, "target model directory", required=True)
   flags.DEFINE_string("draft", None, "draft model directory", required=True)
   flags.DEFINE_string("tokenizer", None, "tokenizer directory (default: the target's)")
   flags.DEFINE_string("corpus", "sharegpt_chat", "corpus whose user queries are the prompts")
   flags.DEFINE_string("split", "validation", "split of the corpus")
   flags.DEFINE_string("data_dir", None, "prepared data directory")
+  flags.DEFINE_enum("corpus_config", "full", ["full", "small"], "which build of a bundled corpus")
   flags.DEFINE_integer("num_prompts", 32, "prompts to decode")
   flags.DEFINE_integer("max_prompt_tokens", 64, "prompts are cut to their last N tokens")
   flags.DEFINE_integer("max_new_tokens", 64, "new tokens per prompt")
   flags.DEFINE_integer("gamma", 4, "draft tokens per round")
   flags.DEFINE_float("temperature", 0.0, "sampling temperature (0 = greedy)")
   flags.DEFINE_integer("seed", 0, "sampling seed")
-  app.run(main)
+  cli.run(main)

@@ -13,7 +13,7 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from specdistill_jax import distributed
+from specdistill_jax import cli, distributed
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "experiment config: configs/x.py[:arg]", lock_config=True)
@@ -36,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

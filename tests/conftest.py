@@ -12,6 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 @pytest.fixture(scope="session")
 def torch():
@@ -29,3 +31,21 @@ def small_data(tmp_path_factory):
   chat, stats, _ = prepare.prepare(data_dir, list(prepare.corpora.BUNDLED), "small", vocab_size=1024,
                                    tokenizer_chars=300_000)
   return data_dir, chat, stats
+
+
+@pytest.fixture(scope="session")
+def micro_world(small_data, tmp_path_factory):
+  """The micro model world (experiments/build_world.py, scale micro): HF dirs with tokenizers."""
+  import sys
+  root = tmp_path_factory.mktemp("experiments")
+  sys.path.insert(0, os.path.join(ROOT, "experiments"))
+  import build_world
+  saved = {k: os.environ.get(k) for k in ("SPECDISTILL_WORLD", "SPECDISTILL_DATA_DIR", "SPECDISTILL_RUNS")}
+  os.environ["SPECDISTILL_RUNS"] = str(root / "runs")
+  build_world.build("micro", str(root / "world"), small_data[0], in_process=True)
+  yield root
+  for k, v in saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v

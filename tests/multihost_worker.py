@@ -5,7 +5,8 @@
 With NUM_PROCESSES > 1 it joins a loopback cluster (4 simulated CPU devices per process,
 gloo collectives); with 1 it runs alone. Either way: 3 distillation steps on a
 ('data'=2, 'fsdp'=4) mesh with a checkpoint, a restore of that checkpoint, and one
-batched greedy speculative decode. Process 0 writes OUT.npz (the trained parameters)
+batched greedy speculative decode (checked against greedy decoding of the target in the
+same run). Process 0 writes OUT.npz (the trained parameters)
 and OUT.json (restore check, decoded tokens, stats).
 """
 
@@ -45,6 +46,7 @@ def main(pid: int, count: int, port: int, data_dir: str, workdir: str, out: str)
   target = nnx.merge(restored.target_graphdef, restored.target_params)
   prompts = [[1, 5, 9], [2, 4], [7, 7, 7, 7], [3], [8, 9, 10], [11, 12], [13], [14, 15, 16, 17]]
   outputs, stats = sampling.speculative_generate(target, restored.draft_model(), prompts, 8, gamma=3)
+  greedy = sampling.generate(target, prompts, 8)  # greedy SD must equal greedy target decoding
   step = int(jax.device_get(restored.state.step))
   restored.close()
   if pid == 0:
@@ -52,7 +54,7 @@ def main(pid: int, count: int, port: int, data_dir: str, workdir: str, out: str)
     np.savez(out + ".npz", **leaves)
     with open(out + ".json", "w") as fh:
       json.dump({"restored_equal": same, "restored_step": step, "outputs": outputs,
-                 "alpha": stats["alpha"], "tau": stats["tau"]}, fh)
+                 "sd_equals_greedy": outputs == greedy, "alpha": stats["alpha"], "tau": stats["tau"]}, fh)
 
 
 if __name__ == "__main__":

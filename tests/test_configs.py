@@ -22,3 +22,28 @@ def test_apply_overrides_rejects_unknown_fields():
   assert cfg.tensor == 2
   with pytest.raises(KeyError, match="tensr"):
     common.apply_overrides(cfg, {"tensr": 2})
+
+
+def test_every_model_field_has_a_typed_override():
+  """`--config.draft.overrides.FIELD=...` works for every ModelConfig field (dtype and
+  param_dtype are the spec's own fields); the train CLI test drives it end to end."""
+  import dataclasses
+
+  from specdistill_jax.models import ModelConfig
+  spec = common.model(preset="micro", d_model=48)
+  fields = {f.name for f in dataclasses.fields(ModelConfig)}
+  assert set(spec.overrides) | {"dtype", "param_dtype"} == fields
+  assert spec.overrides.d_model == 48 and spec.overrides.num_layers is None
+  spec.overrides.num_layers = 3  # an unset placeholder takes a value of its type
+  with pytest.raises(TypeError):
+    spec.overrides.num_layers = "three"
+  with pytest.raises(KeyError, match="d_modle"):
+    common.model(preset="micro", d_modle=48)
+
+
+def test_preset_takes_tuple_rope_scaling_and_rejects_unknown_fields():
+  from specdistill_jax import models
+  cfg = models.preset("micro", 64, rope_scaling=("linear", 2.0), eos_token_ids=[3])
+  assert cfg.rope_scaling.kind == "linear" and cfg.eos_token_ids == (3,)
+  with pytest.raises(ValueError, match="unknown ModelConfig field"):
+    models.preset("micro", 64, depth=3)

@@ -1,7 +1,8 @@
 """Every study driver, the quick study and the benchmark scripts run end to end on micro presets.
 
-The micro world (tiny models, a few steps on the small corpora) is built once with the
-same code as the CPU world; each driver then writes its table and plot to a temp dir.
+The micro world (tiny models, a few steps on the small corpora; tests/conftest.py) is
+built once with the same code as the CPU world; each driver then writes its table and
+plot to a temp dir.
 """
 
 import importlib
@@ -14,21 +15,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 STUDIES = ("domain_shift", "divergence_grid", "domain_draft", "adaspec", "lossy", "taps")
-
-
-@pytest.fixture(scope="module")
-def micro_world(small_data, tmp_path_factory):
-  import build_world
-  root = tmp_path_factory.mktemp("experiments")
-  saved = {k: os.environ.get(k) for k in ("SPECDISTILL_WORLD", "SPECDISTILL_DATA_DIR", "SPECDISTILL_RUNS")}
-  os.environ["SPECDISTILL_RUNS"] = str(root / "runs")
-  build_world.build("micro", str(root / "world"), small_data[0], in_process=True)
-  yield root
-  for k, v in saved.items():
-    if v is None:
-      os.environ.pop(k, None)
-    else:
-      os.environ[k] = v
 
 
 @pytest.mark.parametrize("study", STUDIES)

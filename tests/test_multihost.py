@@ -1,8 +1,11 @@
 """Two processes on loopback (4 CPU devices each, gloo) == one process with 8 devices.
 
 3 distillation steps with data x fsdp sharding, an orbax checkpoint saved and restored
-across processes, and a batched speculative decode. The test bounds its own time and
-kills its children on failure.
+across processes, and a batched speculative decode. The two runs sum in different orders
+(gloo all-reduce vs one process), so results are compared with tolerances derived from
+what is compared: per-step losses closely, parameters within Adam's bounded step, and the
+greedy decode against greedy target decoding within each run. The test bounds its own
+time and kills its children on failure.
 """
 
 import json
@@ -53,11 +56,19 @@ def test_two_processes_match_one_process(small_data, tmp_path):
   m = json.load(open(tmp_path / "multi_out.json"))
   s = json.load(open(tmp_path / "single_out.json"))
   assert m["restored_equal"] and m["restored_step"] == 3 and s["restored_equal"]
-  assert m["outputs"] == s["outputs"] and m["alpha"] == s["alpha"]
+  assert m["sd_equals_greedy"] and s["sd_equals_greedy"]
+  from specdistill_jax import metrics
+  from specdistill_jax.distill.state import learning_rate_schedule
+  from tests.tolerances import adam_drift_bound
+  losses = [[r["train/loss"] for r in metrics.read(str(tmp_path / run / "metrics.jsonl")) if "train/loss" in r]
+            for run in ("multi", "single")]
+  assert len(losses[0]) == len(losses[1]) == 3
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
   mp, sp = np.load(tmp_path / "multi_out.npz"), np.load(tmp_path / "single_out.npz")
   assert sorted(mp.files) == sorted(sp.files)
+  bound = adam_drift_bound(learning_rate_schedule(1e-2, 1, 3), 3)  # tests/distill/helpers.micro_config
   for k in mp.files:
-    np.testing.assert_allclose(mp[k], sp[k], atol=1e-5)
+    np.testing.assert_allclose(mp[k], sp[k], atol=bound, rtol=0)
   # the checkpoint written by two processes is complete and readable by one
   from specdistill_jax import checkpoint
   assert checkpoint.Checkpointer(tmp_path / "multi" / "checkpoints", read_only=True).latest_step() == 3

@@ -8,6 +8,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from specdistill_jax import models, sharding
+from tests.tolerances import fp32_atol
 
 
 def test_eight_simulated_devices_are_available():
@@ -33,7 +34,8 @@ def test_sharded_forward_equals_unsharded(data, fsdp, tensor):
     return nnx.merge(graphdef, state)(tokens)
 
   got = forward(sharded_state, sharding.shard_batch(tokens, mesh))
-  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  # another reduction order across shards: 'tiny' reduces over <= 128 terms, 2 layers + head
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=fp32_atol(want, 128, 3), rtol=0)
 
 
 def test_mesh_sizes_and_errors():

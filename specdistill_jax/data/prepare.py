@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from tqdm import tqdm
 
-from specdistill_jax import data
+from specdistill_jax import cli, data
 from specdistill_jax.data import corpora
 from specdistill_jax.data.builder import SPLITS
 
@@ -121,4 +121,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

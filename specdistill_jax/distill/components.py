@@ -47,18 +47,27 @@ def spec_is_set(spec) -> bool:
   return bool(spec.hf_path or spec.checkpoint or spec.preset)
 
 
+def set_overrides(spec) -> dict:
+  """The model spec's overrides that are set (not None)."""
+  return {k: v for k, v in dict(spec.get("overrides") or {}).items() if v is not None}
+
+
 def build_model(spec, chat: ChatFormat, what: str) -> Optional[models.Transformer]:
   """The model a spec describes, or None if the spec is empty."""
+  overrides = set_overrides(spec)
+  if overrides and (spec.hf_path or spec.checkpoint):
+    raise ValueError(f"{what}.overrides {sorted(overrides)} apply to presets only, but {what}."
+                     f"{'hf_path' if spec.hf_path else 'checkpoint'} is set and wins over the preset")
   if spec.hf_path:
     return loading.load_model(spec.hf_path, dtype=spec.dtype, param_dtype=spec.param_dtype)
   if spec.checkpoint:
     return loading.load_model(spec.checkpoint, dtype=spec.dtype, param_dtype=spec.param_dtype)
   if spec.preset:
-    overrides = dict(spec.overrides)
     vocab = overrides.pop("vocab_size", chat.vocab_size)
-    cfg = models.preset(spec.preset, vocab, eos_token_ids=(chat.eos,), bos_token_id=chat.bos,
-                        pad_token_id=chat.pad, dtype=spec.dtype, param_dtype=spec.param_dtype,
-                        **overrides)
+    fields = dict(eos_token_ids=(chat.eos,), bos_token_id=chat.bos, pad_token_id=chat.pad,
+                  dtype=spec.dtype, param_dtype=spec.param_dtype)
+    fields.update(overrides)
+    cfg = models.preset(spec.preset, vocab, **fields)
     return models.create(cfg, seed=spec.seed)
   return None
 

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from typing import Optional
 
@@ -100,23 +101,27 @@ class Trainer:
             "source": self.parts.source.name, "loss": self.parts.objective.loss}
 
   def _resume(self) -> None:
-    latest = self.ckpt.latest_step()
-    if latest is None:
-      return
-    meta = self.ckpt.metadata(latest)
+    """Restore the newest checkpoint that restores; unreadable ones are moved aside (one line each)."""
     mine = self.draft_config.to_dict()
-    theirs = meta.get("model_config", {})
-    try:
-      same = models.ModelConfig.from_dict(theirs) == self.draft_config
-    except (TypeError, ValueError):
-      same = False
-    if not same:
-      raise checkpoint.CheckpointError(
-          f"workdir {self.workdir!r} holds a checkpoint (step {latest}) of another model "
-          f"({_config_diff(theirs, mine)}): use a fresh --workdir or the matching config")
-    self.state, _ = self.ckpt.restore(self.state, latest)
+
+    def same_model(step: int, meta: dict) -> None:
+      theirs = meta.get("model_config", {})
+      try:
+        same = models.ModelConfig.from_dict(theirs) == self.draft_config
+      except (TypeError, ValueError):
+        same = False
+      if not same:
+        raise checkpoint.CheckpointMismatch(
+            f"workdir {self.workdir!r} holds a checkpoint (step {step}) of another model "
+            f"({_config_diff(theirs, mine)}): use a fresh --workdir or the matching config")
+
+    report = (lambda line: tqdm.write(line, file=sys.stderr)) if self.is_main else (lambda line: None)
+    found = self.ckpt.restore_newest(self.state, same_model, report)
+    if found is None:
+      return
+    self.state, _, step = found
     if self.is_main:
-      tqdm.write(f"resumed from {self.ckpt.directory}/{latest}")
+      tqdm.write(f"resumed from {self.ckpt.directory}/{step}")
 
   # -- evaluation -----------------------------------------------------------
   def draft_model(self, params=None):

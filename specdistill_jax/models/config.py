@@ -139,12 +139,36 @@ _PRESETS = {
 }
 
 
+# The Python type of every ModelConfig field as a command-line override (configs/common.model
+# declares one typed placeholder per entry). rope_scaling is given as a tuple of RopeScaling's
+# fields, e.g. ('linear', 2.0).
+OVERRIDE_TYPES = {
+    "vocab_size": int, "d_model": int, "num_layers": int, "num_heads": int, "num_kv_heads": int,
+    "mlp_dim": int, "head_dim": int, "architecture": str, "rope_theta": float, "rope_scaling": tuple,
+    "rms_norm_eps": float, "qkv_bias": bool, "tie_embeddings": bool, "max_seq_len": int,
+    "sliding_window": int, "sliding_window_layers": tuple, "bos_token_id": int,
+    "eos_token_ids": tuple, "pad_token_id": int, "param_dtype": str, "dtype": str,
+}
+
+
 def preset(name: str, vocab_size: int, **overrides) -> ModelConfig:
-  """A named preset ('micro', 'tiny', 'target-quick', 'draft-2m', 'target-20m') for a vocabulary."""
+  """A named preset ('micro', 'tiny', 'target-quick', 'draft-2m', 'target-20m') for a vocabulary.
+
+  `overrides` replace any ModelConfig field; rope_scaling may be a tuple of RopeScaling fields.
+  """
   if name not in _PRESETS:
     raise ValueError(f"unknown model preset {name!r}; known: {sorted(_PRESETS)}")
+  unknown = sorted(set(overrides) - set(OVERRIDE_TYPES))
+  if unknown:
+    raise ValueError(f"unknown ModelConfig field(s) {unknown} in the overrides of preset {name!r}; "
+                     f"fields: {sorted(OVERRIDE_TYPES)}")
   kw = dict(_PRESETS[name], vocab_size=vocab_size)
   kw.update(overrides)
+  if isinstance(kw.get("rope_scaling"), (tuple, list)):
+    kw["rope_scaling"] = RopeScaling(*kw["rope_scaling"])
+  for key in ("sliding_window_layers", "eos_token_ids"):
+    if isinstance(kw.get(key), list):
+      kw[key] = tuple(kw[key])
   return ModelConfig(**kw)
 
 

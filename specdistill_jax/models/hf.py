@@ -181,8 +181,12 @@ def _open_tensors(path: str) -> Callable[[str], np.ndarray]:
   index = os.path.join(path, "model.safetensors.index.json")
   single = os.path.join(path, "model.safetensors")
   if os.path.exists(index):
-    with open(index) as fh:
-      weight_map = json.load(fh)["weight_map"]
+    try:
+      with open(index) as fh:
+        weight_map = json.load(fh)["weight_map"]
+    except (ValueError, KeyError, TypeError) as e:
+      raise CheckpointFormatError(f"{index} is not a safetensors index (a JSON object with a "
+                                  f"'weight_map'): {type(e).__name__}: {e}") from e
   elif os.path.exists(single):
     weight_map = None
   else:
@@ -191,16 +195,31 @@ def _open_tensors(path: str) -> Callable[[str], np.ndarray]:
         "save the checkpoint with safetensors (save_pretrained(safe_serialization=True))")
   handles = {}
 
+  def unreadable(file: str, e: Exception) -> CheckpointFormatError:
+    reason = " ".join(str(e).split())[:200]
+    return CheckpointFormatError(
+        f"{file} is not a readable safetensors file ({type(e).__name__}: {reason}); it is truncated "
+        "or corrupt: export or copy the checkpoint again")
+
   def get(name: str) -> np.ndarray:
     file = single if weight_map is None else os.path.join(path, weight_map.get(name, ""))
     if weight_map is not None and name not in weight_map:
       raise CheckpointFormatError(f"tensor {name!r} is missing from {index}")
     if file not in handles:
-      handles[file] = safe_open(file, framework="numpy")
+      if not os.path.isfile(file):
+        raise CheckpointFormatError(f"{file} (listed in {index}) does not exist: the checkpoint is "
+                                    "incomplete")
+      try:
+        handles[file] = safe_open(file, framework="numpy")
+      except Exception as e:  # noqa: BLE001 - safetensors raises SafetensorError, OSError, ...
+        raise unreadable(file, e) from e
     handle = handles[file]
     if name not in handle.keys():
       raise CheckpointFormatError(f"tensor {name!r} is missing from {file}")
-    return handle.get_tensor(name)
+    try:
+      return handle.get_tensor(name)
+    except Exception as e:  # noqa: BLE001
+      raise unreadable(file, e) from e
 
   return get
 
@@ -219,7 +238,11 @@ def load_hf(path: str, dtype=jnp.float32, param_dtype=None, shardings=None) -> T
   if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
     raise FileNotFoundError(f"{path!r} is not a directory with a config.json: pass the local "
                             "directory of a Llama/Mistral/Qwen2 checkpoint")
-  hf_config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+  try:
+    hf_config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+  except (OSError, ValueError, KeyError) as e:
+    raise CheckpointFormatError(f"{path}/config.json is not a readable transformers config "
+                                f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
   dname = jnp.dtype(dtype).name
   pname = jnp.dtype(param_dtype).name if param_dtype is not None else dname
   config = config_from_hf(hf_config, dname, pname, path)

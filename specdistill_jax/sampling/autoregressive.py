@@ -22,6 +22,7 @@ from flax import nnx
 from specdistill_jax import models
 from specdistill_jax.sampling import distributions as dist
 from specdistill_jax.sampling import placement
+from specdistill_jax.sampling.checks import as_key, check_temperature
 from specdistill_jax.sampling.compiled import CompiledProgram
 from specdistill_jax.sampling.prompts import check_cache, pad_prompts, unpad
 
@@ -82,21 +83,6 @@ def _program(graphdef, max_new_tokens: int, cache_size: int, greedy: bool,
   return CompiledProgram(run)
 
 
-def check_temperature(temperature: float) -> float:
-  temperature = float(temperature)
-  if not temperature >= 0.0:
-    raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy decoding)")
-  return temperature
-
-
-def as_key(rng) -> jax.Array:
-  if rng is None:
-    return jax.random.PRNGKey(0)
-  if isinstance(rng, (int, np.integer)):
-    return jax.random.PRNGKey(int(rng))
-  return rng
-
-
 def generate_batch(model, prompts, max_new_tokens: int, temperature: float = 0.0, rng=None,
                    top_k: Optional[int] = None, top_p: Optional[float] = None, lengths=None,
                    cache_size: Optional[int] = None) -> Generation:
@@ -107,12 +93,13 @@ def generate_batch(model, prompts, max_new_tokens: int, temperature: float = 0.0
   if top_p is not None and not 0.0 < top_p <= 1.0:
     raise ValueError(f"top_p={top_p} must be in (0, 1] (or None)")
   config = model.config
-  tokens, lens = pad_prompts(prompts, lengths, pad_id=config.pad_token_id)
+  tokens, lens = pad_prompts(prompts, lengths, pad_id=config.pad_token_id, vocab_size=config.vocab_size)
   size = check_cache(tokens.shape[1], max_new_tokens, 0, config.max_seq_len, cache_size, "decode")
+  key = as_key(rng)
   graphdef, state = nnx.split(model)
   program = _program(graphdef, int(max_new_tokens), size, temperature == 0.0, top_k, top_p,
                      config.eos_token_ids, config.pad_token_id)
-  args = placement.place_inputs(state, tokens, lens, as_key(rng), jnp.float32(max(temperature, 1e-6)))
+  args = placement.place_inputs(state, tokens, lens, key, jnp.float32(max(temperature, 1e-6)))
   t0 = time.perf_counter()
   (out, n_out), compile_s = program(state, *args)
   jax.block_until_ready(out)

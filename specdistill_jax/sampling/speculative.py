@@ -36,7 +36,8 @@ from specdistill_jax import models
 from specdistill_jax.sampling import acceptance
 from specdistill_jax.sampling import distributions as dist
 from specdistill_jax.sampling import placement
-from specdistill_jax.sampling.autoregressive import as_key, check_temperature, last_valid
+from specdistill_jax.sampling.autoregressive import last_valid
+from specdistill_jax.sampling.checks import as_key, check_temperature
 from specdistill_jax.sampling.compiled import CompiledProgram
 from specdistill_jax.sampling.prompts import check_cache, pad_prompts, unpad
 
@@ -250,7 +251,8 @@ def run_speculative(target, drafts, prompts, max_new_tokens: int, gamma: int, te
     check_pair(target, d, gamma)
   len_ = acceptance.check_lenience(lenience, temperature)
   cfg = target.config
-  tokens, lens = pad_prompts(prompts, lengths, pad_id=cfg.pad_token_id)
+  tokens, lens = pad_prompts(prompts, lengths, pad_id=cfg.pad_token_id, vocab_size=cfg.vocab_size)
+  key = as_key(rng)
   max_len = min([cfg.max_seq_len] + [d.config.max_seq_len for d in drafts])
   size = check_cache(tokens.shape[1], max_new_tokens, gamma + 1, max_len, cache_size, "verification")
   t_def, t_state = nnx.split(target)
@@ -258,7 +260,7 @@ def run_speculative(target, drafts, prompts, max_new_tokens: int, gamma: int, te
   program = _program(t_def, tuple(s[0] for s in splits), int(max_new_tokens), int(gamma), size,
                      temperature == 0.0, len_[0] if len_ else None, cfg.eos_token_ids,
                      cfg.pad_token_id, score_fn, route_on_current)
-  args = placement.place_inputs(t_state, tokens, lens, as_key(rng),
+  args = placement.place_inputs(t_state, tokens, lens, key,
                                 jnp.float32(max(temperature, 1e-6)), jnp.float32(len_[1] if len_ else 1.0))
   t0 = time.perf_counter()
   (out, n_out, counters), compile_s = program(t_state, tuple(s[1] for s in splits), *args)

@@ -71,20 +71,43 @@ def test_kill_and_resume_equals_uninterrupted_bitwise(small_data, tmp_path):
 
 
 def test_train_step_on_8_devices_matches_one_device(small_data, tmp_path):
-  results = []
+  """fsdp=4 x tensor=2 on 8 devices vs one device, with tolerances from what is compared.
+
+  The first gradient agrees at fp32 reduction-order scale; the per-step losses agree
+  closely (reduction noise, plus Adam's amplification of it on near-zero gradients,
+  barely moves the loss); the parameters agree within Adam's bounded per-step move.
+  Exact equality is not a property of the code: the meshes sum in different orders.
+  """
+  from specdistill_jax import metrics, sharding
+  from tests.tolerances import adam_drift_bound
+
+  runs = []
   for data, fsdp, tensor in ((1, 1, 1), (1, 4, 2)):
     cfg = micro_config(small_data[0], "fixed", "fkl", steps=3)
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = data, fsdp, tensor
     cfg.draft = common.model(preset="micro", seed=1, num_heads=4, num_kv_heads=2, d_model=32)
-    trainer = Trainer(cfg, str(tmp_path / f"m{fsdp}{tensor}"))
+    workdir = tmp_path / f"m{fsdp}{tensor}"
+    trainer = Trainer(cfg, str(workdir))
     if fsdp > 1:
       q = trainer.state.params["layers"][0]["attn"]["q"].get_value()
       assert len({s.device for s in q.addressable_shards}) == 8
+    batch = sharding.shard_batch(trainer.parts.source.batch(0), trainer.mesh, trainer.rules)
+    target = (trainer.target_graphdef, trainer.target_params)
+    grad = jax.jit(jax.grad(lambda p: step_lib.compute_loss(
+        trainer.parts.objective, trainer.graphdef, p, batch, target)[0]))(trainer.state.params)
+    grads = [np.asarray(g) for g in jax.tree.leaves(jax.device_get(grad))]
     trainer.run()
-    results.append(_params(trainer))
+    losses = [r["train/loss"] for r in metrics.read(str(workdir / "metrics.jsonl")) if "train/loss" in r]
+    runs.append((grads, losses, _params(trainer), trainer.tx_lr))
     trainer.close()
-  for a, b in zip(*results):
-    np.testing.assert_allclose(a, b, atol=1e-5)
+  (g1, l1, p1, lr), (g8, l8, p8, _) = runs
+  for a, b in zip(g1, g8):  # a reduction over ~1e5 terms: 1e-4 of the largest entry is ~800 ulps
+    np.testing.assert_allclose(b, a, atol=1e-4 * np.abs(a).max(), rtol=0)
+  assert len(l1) == len(l8) == 3
+  np.testing.assert_allclose(l8, l1, rtol=1e-4)
+  bound = adam_drift_bound(lr, 3)
+  for a, b in zip(p1, p8):
+    np.testing.assert_allclose(b, a, atol=bound, rtol=0)
 
 
 def test_nan_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(small_data, tmp_path):

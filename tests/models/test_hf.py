@@ -131,3 +131,23 @@ def test_shape_mismatch_is_named(torch, tmp_path):
 def test_wrong_path_says_so(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json"):
     models.load_hf(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_safetensors_is_named(tmp_path, damage):
+  models.save_hf(models.create(models.preset("micro", 64)), tmp_path)
+  file = tmp_path / "model.safetensors"
+  if damage == "truncate":
+    with open(file, "r+b") as fh:
+      fh.truncate(file.stat().st_size // 2)
+  else:
+    file.write_bytes(b"\x00\x01not a safetensors file at all" * 10)
+  with pytest.raises(models.CheckpointFormatError, match=f"{file} is not a readable safetensors file"):
+    models.load_hf(tmp_path)
+
+
+def test_corrupt_config_json_is_named(tmp_path):
+  models.save_hf(models.create(models.preset("micro", 64)), tmp_path)
+  (tmp_path / "config.json").write_text("{ not json")
+  with pytest.raises(models.CheckpointFormatError, match="config.json is not a readable"):
+    models.load_hf(tmp_path)
