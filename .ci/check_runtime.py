@@ -2,7 +2,8 @@
 
     python .ci/check_runtime.py
 
-1. every pinned requirement is installed at its pinned version;
+1. every pinned requirement (requirements.txt, requirements-target.txt) is installed at
+   its pinned version;
 2. every module of the package, the configs and the experiment drivers imports;
 3. the lazily imported runtime paths work: a chat template renders (jinja2),
    safetensors round-trips, a PNG plot and a TensorBoard event file are written.
@@ -25,7 +26,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 def pinned() -> list[tuple[str, str]]:
   out = []
-  with open(os.path.join(ROOT, "requirements.txt")) as fh:
+  for name in ("requirements.txt", "requirements-target.txt"):
+    out += _pins(os.path.join(ROOT, name))
+  return out
+
+
+def _pins(path: str) -> list[tuple[str, str]]:
+  out = []
+  with open(path) as fh:
     for line in fh:
       line = line.split("#")[0].strip()
       m = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;]+)", line)

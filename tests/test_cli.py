@@ -88,22 +88,35 @@ def test_evaluate_cli(micro_world, small_data):
   assert 0.0 <= result["alpha"] <= 1.0 and result["tau"] >= 1.0
 
 
-@pytest.mark.parametrize("case", ["binary", "empty", "missing", "bad_json", "missing_model", "bad_id"])
+@pytest.mark.parametrize("case", ["binary", "empty", "missing_model"])
 def test_decode_user_errors_are_one_line(micro_world, tmp_path, case):
   prompts = tmp_path / "prompts.txt"
   target = _world(micro_world, "target_general")
-  content = {"binary": b"\xff\xfe\x00\x81garbage\n", "empty": b"\n\n", "bad_json": b"[1, 2,\n",
-             "missing_model": b"[1, 2, 3]\n", "bad_id": b"[1, 2, 99999]\n"}.get(case)
-  if content is not None:
-    prompts.write_bytes(content)
+  prompts.write_bytes({"binary": b"\xff\xfe\x00\x81garbage\n", "empty": b"\n\n",
+                       "missing_model": b"[1, 2, 3]\n"}[case])
   if case == "missing_model":
     target = str(tmp_path / "no_such_model")
-  match = {"binary": "not UTF-8 text", "empty": "no prompts in", "missing": "does not exist",
-           "bad_json": "not a JSON list", "missing_model": "no_such_model",
-           "bad_id": r"token id 99999 .*outside \[0, vocab_size="}[case]
+  match = {"binary": "not UTF-8 text", "empty": "no prompts in", "missing_model": "no_such_model"}[case]
   proc = run_cli("specdistill_jax.decode", "--target", target, "--draft", _world(micro_world, "draft_generic"),
                  "--prompts", str(prompts), "--max_new_tokens", "2")
   assert_one_line_error(proc, match)
+
+
+@pytest.mark.parametrize("content,match", [
+    (None, "does not exist"), (b"[1, 2,\n", "line 1 of .* not a JSON list"),
+    (b"hello\n[1, 2.5]\n", "line 2 of .* integer token ids"), (b"text\n", "no tokenizer was found")])
+def test_prompts_file_errors_name_the_problem(tmp_path, content, match):
+  from specdistill_jax.decode import read_prompts
+  path = tmp_path / "prompts.txt"
+  if content is not None:
+    path.write_bytes(content)
+  with pytest.raises((ValueError, FileNotFoundError), match=match):
+    read_prompts(str(path), None if b"text" in (content or b"") else _FakeTokenizer(), chat=False)
+
+
+class _FakeTokenizer:
+  def encode(self, text, add_special_tokens=False):
+    return [ord(c) % 50 for c in text]
 
 
 def test_verbose_shows_the_traceback(tmp_path):

@@ -72,7 +72,7 @@ def _run_to_end(data_dir, workdir):
 def test_sigkill_at_any_moment_then_rerun_equals_uninterrupted(small_data, tmp_path):
   data_dir = small_data[0]
   straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-  _run_to_end(data_dir, straight)
+  reference = _start(data_dir, straight)  # the uninterrupted run, alongside the killed ones
   moments = [("start-up", lambda: True, 1.0),
              ("between checkpoints", lambda: _steps_logged(killed) >= 4 and not _saving(killed), 0.0),
              ("while a checkpoint is written", lambda: _saving(killed), 0.0)]
@@ -89,6 +89,8 @@ def test_sigkill_at_any_moment_then_rerun_equals_uninterrupted(small_data, tmp_p
     assert reached, f"the run finished before the moment {name!r}"
     assert proc.returncode == -signal.SIGKILL
   _run_to_end(data_dir, killed)
+  _, err = reference.communicate(timeout=300)
+  assert reference.returncode == 0, err.decode()[-3000:]
   want, got = _final_params(straight), _final_params(killed)
   assert sorted(want) == sorted(got)
   for name in want:
