@@ -51,3 +51,16 @@ def test_benchmark_scripts_run(micro_world, tmp_path):
   for name in ("m", "t", "d"):
     assert "|---" in open(tmp_path / f"{name}.md").read()
   assert "identical ids 2/2" in open(tmp_path / "d.md").read()
+
+
+def test_target_benchmark_runs_on_the_real_target(real_target, tmp_path):
+  import json
+
+  import bench_target
+  bench_target.main(["--model", real_target, "--ks", "1,2", "--dtypes", "float32", "--steps", "2",
+                     "--out", str(tmp_path / "t.md"), "--json", str(tmp_path / "t.json")])
+  rows = json.load(open(tmp_path / "t.json"))
+  assert [(r["model"], r["dtype"], r["tokens"]) for r in rows] == [
+      ("smollm2-135m-instruct", "float32", 1), ("smollm2-135m-instruct", "float32", 2)]
+  assert all(r["ms"] > 0 and r["limit_ms"] > 0 for r in rows)
+  assert "fraction of the limit" in open(tmp_path / "t.md").read()

@@ -15,6 +15,7 @@ Every parameter carries `logical_axes` metadata (e.g. ('embed', 'mlp')) that
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import jax
@@ -97,7 +98,24 @@ def _mm(spec: str, x, w, dtype, out_dtype=None):
   key = (spec, jnp.dtype(out_dtype or dtype).name)
   if key not in _LOW_PRECISION:
     _LOW_PRECISION[key] = _low_precision_einsum(spec, out_dtype)
+  rows = _token_axis(spec)
+  if rows is not None and x.shape[rows] == 1 and math.prod(x.shape[:rows]) == 1:
+    # One token (B=1 decode): XLA:CPU runs a low-precision matrix-vector dot ~10x slower
+    # than a two-row matmul (experiments/results/target_benchmark.md), so run two rows
+    # (the token twice) and keep one.
+    out = _LOW_PRECISION[key](jnp.concatenate([x, x], axis=rows), w)
+    return jax.lax.slice_in_dim(out, 0, 1, axis=rows)
   return _LOW_PRECISION[key](x, w)
+
+
+def _token_axis(spec: str):
+  """Axis of the token dimension in a weight matmul's activations ('bt...' or 't...'), else None."""
+  lhs, out = spec.split(",")[0], spec.split("->")[1]
+  if lhs.startswith("bt") and out.startswith("bt"):
+    return 1
+  if lhs.startswith("t") and out.startswith("t"):
+    return 0
+  return None
 
 
 def attend(q, k, v, mask):

