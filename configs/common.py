@@ -98,10 +98,13 @@ def model_overrides(**values) -> ml_collections.ConfigDict:
 
 
 def model(preset: str = "", hf_path: str = "", checkpoint: str = "", dtype: str = "float32",
-          param_dtype: str = "float32", seed: int = 0, **overrides) -> ml_collections.ConfigDict:
+          param_dtype: str = "float32", seed: int = 0, target_layers: int = 0,
+          **overrides) -> ml_collections.ConfigDict:
   """Where a model comes from: an HF directory, an orbax model checkpoint, or a preset.
 
-  The first that is set wins (hf_path, then checkpoint, then preset). A preset
+  The first that is set wins (hf_path, then checkpoint, then target_layers, then preset).
+  target_layers=N (drafts only) cuts the draft from the target: its first N layers with
+  the target's embedding, final norm and head (models.first_layers). A preset
   takes its vocabulary from the tokenizer; `overrides` change preset fields (every
   ModelConfig field is there, None meaning the preset's value).
   dtype is the compute dtype (bfloat16 = mixed precision: bf16 matmuls with fp32
@@ -109,7 +112,7 @@ def model(preset: str = "", hf_path: str = "", checkpoint: str = "", dtype: str 
   """
   return ml_collections.ConfigDict(dict(
       preset=preset, hf_path=hf_path, checkpoint=checkpoint, dtype=dtype, param_dtype=param_dtype,
-      seed=seed, overrides=model_overrides(**overrides)))
+      seed=seed, target_layers=target_layers, overrides=model_overrides(**overrides)))
 
 
 def train_config() -> ml_collections.ConfigDict:

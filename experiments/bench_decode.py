@@ -1,6 +1,7 @@
 """Speculative vs autoregressive decoding throughput, theory vs measurement, and transformers.
 
-    python experiments/bench_decode.py --target DIR --draft DIR [--prompts FILE]
+    python experiments/bench_decode.py --target DIR --draft DIR [--prompts FILE] [--pair NAME]
+        [--dtype float32|bfloat16] [--gammas 1,2,3,4,6] [--batches 1]
 
 For batch 1 and 8, greedy and temperature 1, gamma in {2, 4, 8}: autoregressive
 tokens/s, speculative tokens/s, the cost ratio c (draft step / target step,
@@ -9,7 +10,11 @@ measured), alpha, tau, the theoretical speedup
 their ratio. Then the same weights, exported with save_hf, run through
 transformers' `generate(assistant_model=...)` (PyTorch, CPU, greedy, batch 1):
 its ids are checked against ours and its tokens/s reported beside ours.
-Writes experiments/results/decode_benchmark.md.
+Writes the markdown table to --out (default experiments/results/decode_benchmark.md) and
+one row per setting into experiments/results/decode_benchmark.json (pair, batch,
+temperature, gamma, tree, ar_tokens_per_s, sd_tokens_per_s, speedup, predicted_speedup,
+alpha, tau, c, v; rows of other pairs are kept). predicted_speedup = tau / (gamma c + v)
+with the measured tau, c and v.
 
 Prompts: a file with one JSON token-id list or one text line per line (text
 needs a tokenizer in the target directory); default: the chat template's
@@ -57,9 +62,23 @@ def timed_runs(fn, repeats: int):
   return min(results, key=lambda r: abs(r[-1] - med))
 
 
+def update_json(path: str, rows: list[dict], pair: str) -> None:
+  import json
+  old = []
+  if os.path.exists(path):
+    with open(path) as fh:
+      old = [r for r in json.load(fh) if r.get("pair") != pair]
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as fh:
+    json.dump(old + rows, fh, indent=1)
+
+
 def ours_vs_transformers(target, draft, prompts, gamma, max_new, ours_tps) -> list[str]:
-  import torch
-  import transformers
+  try:
+    import torch
+    import transformers
+  except ImportError:
+    return ["| transformers assisted generation | skipped: torch is not installed (requirements-test.txt) | | | |"]
 
   torch.set_num_threads(os.cpu_count() or 1)
   lines = []
@@ -137,15 +156,22 @@ def main(argv=None):
   p.add_argument("--hf_gamma", type=int, default=4)
   p.add_argument("--skip_hf", action="store_true")
   p.add_argument("--out", default="experiments/results/decode_benchmark.md")
+  p.add_argument("--json", default="experiments/results/decode_benchmark.json")
+  p.add_argument("--pair", default=None, help="name of the pair in the JSON rows (default: target/draft dirs)")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   args = p.parse_args(argv)
 
-  target, draft = loading.load_model(args.target), loading.load_model(args.draft)
+  import jax.numpy as jnp
+  dtype = jnp.dtype(args.dtype)
+  target, draft = loading.load_model(args.target, dtype=dtype), loading.load_model(args.draft, dtype=dtype)
+  pair = args.pair or f"{os.path.basename(os.path.normpath(os.path.dirname(args.target.rstrip('/'))))}/" \
+      f"{os.path.basename(os.path.normpath(os.path.dirname(args.draft.rstrip('/'))))}"
   prompts = (read_prompts(args.prompts, args.target) if args.prompts
              else default_prompts(args.target, args.num_prompts, args.corpus, args.corpus_config))[: args.num_prompts]
   n_new = args.max_new_tokens
   gammas = [int(g) for g in args.gammas.split(",")]
   temps = [float(t) for t in args.temperatures.split(",")]
-  rows, hf_lines, b1_greedy_tps, ratios = [], [], {}, []
+  rows, hf_lines, b1_greedy_tps, ratios, records = [], [], {}, [], []
   for batch in [int(b) for b in args.batches.split(",")]:
     batch_prompts = [prompts[i % len(prompts)] for i in range(batch)] if batch > 1 else prompts[:1]
     cache = max(map(len, batch_prompts)) + n_new + max(gammas) + 16
@@ -171,6 +197,12 @@ def main(argv=None):
         if batch == 1 and temp == 0.0:
           b1_greedy_tps[gamma] = st["tokens_per_second"]
         ratios.append((measured / theory, measured / theory_v))
+        predicted = st["tau"] / (gamma * c + v[gamma])
+        records.append(dict(pair=pair, batch=batch, temperature=temp, gamma=gamma, tree=None, dtype=args.dtype,
+                            ar_tokens_per_s=round(ar_tps, 2), sd_tokens_per_s=round(st["tokens_per_second"], 2),
+                            speedup=round(measured, 3), predicted_speedup=round(predicted, 3),
+                            alpha=round(st["alpha"], 4), tau=round(st["tau"], 3), c=round(c, 4),
+                            v=round(v[gamma], 3)))
         rows.append(f"| {batch} | {temp:g} | {gamma} | {ar_tps:,.1f} | {st['tokens_per_second']:,.1f} | "
                     f"{c:.3f} | {st['alpha']:.3f} | {st['tau']:.2f} | {theory:.2f} | {measured:.2f} | "
                     f"{measured / theory:.2f} | {v[gamma]:.2f} | {theory_v:.2f} | {measured / theory_v:.2f} |")
@@ -184,10 +216,12 @@ def main(argv=None):
   text = "\n".join([
       "# Decode benchmark: speculative vs autoregressive", "",
       f"Command: `python experiments/bench_decode.py --target {args.target} --draft {args.draft}"
-      f" --corpus {args.corpus} --max_new_tokens {n_new}`", "",
+      f" --corpus {args.corpus} --max_new_tokens {n_new} --gammas {args.gammas} --batches {args.batches}"
+      f" --dtype {args.dtype}" + (f" --pair {args.pair}" if args.pair else "") + "`", "",
       f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} "
       f"({jax.devices()[0].platform}). Target {t_params / 1e6:.1f}M params, draft "
-      f"{d_params / 1e6:.2f}M params; {len(prompts)} prompts, {n_new} new tokens each; "
+      f"{d_params / 1e6:.2f}M params; {args.dtype} params and compute; {len(prompts)} prompts, "
+      f"{n_new} new tokens each; "
       f"median of {args.repeats} timed runs after a warm-up (compilation excluded).", "",
       "c = measured draft step time / target step time at that batch and cache size. "
       "Theoretical speedup = (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1)). It assumes that "
@@ -200,8 +234,10 @@ def main(argv=None):
       "## Against transformers' assisted generation", "",
       "| system | tok/s | | | |", "|---|---:|---|---|---|", *hf_lines, "",
       *goals(ratios, hf_lines)])
+  if args.json:
+    update_json(args.json, records, pair)
   if args.out:
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
       fh.write(text)
   print(f"wrote {args.out}")

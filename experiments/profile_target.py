@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -32,16 +32,11 @@ from specdistill_jax.evaluate import _step_program, step_seconds  # noqa: E402
 from specdistill_jax.models import import_gguf  # noqa: E402
 from specdistill_jax.models import transformer  # noqa: E402
 from specdistill_jax.sampling import distributions as dist  # noqa: E402
+from studylib import best_seconds  # noqa: E402
 
 
 def best_ms(fn, repeats: int = 9) -> float:
-  jax.block_until_ready(fn())
-  best = float("inf")
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    best = min(best, time.perf_counter() - t0)
-  return best * 1e3
+  return best_seconds(fn, repeats) * 1e3
 
 
 def sampler_us(sample, vocab: int, n: int = 100) -> float:

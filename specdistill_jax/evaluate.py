@@ -169,7 +169,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
 
   import specdistill_jax.distributed  # noqa: F401 - defines the multi-process flags
   from specdistill_jax import cli

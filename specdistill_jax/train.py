@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from specdistill_jax import cli, distributed

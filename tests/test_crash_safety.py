@@ -18,7 +18,7 @@ import pytest
 
 from specdistill_jax import checkpoint, metrics
 from specdistill_jax.distill.train import Trainer
-from tests.distill.helpers import micro_config
+from tests.distill.helpers import micro_config, straight_and_stopped, trained_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 16
@@ -107,25 +107,14 @@ def _truncate_a_data_file(step_dir):
     fh.truncate(os.path.getsize(biggest) // 3)
 
 
-def _params(trainer):
-  import jax
-  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(trainer.state.params))]
-
-
 def test_a_corrupt_latest_checkpoint_is_moved_aside_and_the_previous_one_resumes(small_data, tmp_path, capsys):
   cfg = micro_config(small_data[0], "fixed", "fkl", steps=6)
   cfg.train.checkpoint_every = 2
-  straight = Trainer(cfg, str(tmp_path / "a"))
-  straight.run()
-  want = _params(straight)
-  straight.close()
-  first = Trainer(cfg, str(tmp_path / "b"))
-  first.run(stop_after=4)  # checkpoints at steps 2 and 4
-  first.close()
-  ckpt_dir = tmp_path / "b" / "checkpoints"
+  want, workdir = straight_and_stopped(cfg, tmp_path, stop_after=4)  # checkpoints at steps 2 and 4
+  ckpt_dir = workdir / "checkpoints"
   _truncate_a_data_file(str(ckpt_dir / "4"))
   capsys.readouterr()
-  resumed = Trainer(cfg, str(tmp_path / "b"))
+  resumed = Trainer(cfg, str(workdir))
   lines = capsys.readouterr().err.splitlines()
   assert int(resumed.state.step) == 2
   assert os.path.isdir(ckpt_dir / "4.corrupt") and not os.path.exists(ckpt_dir / "4")
@@ -133,7 +122,7 @@ def test_a_corrupt_latest_checkpoint_is_moved_aside_and_the_previous_one_resumes
   assert len(report) == 1 and "step 4" in report[0] and "4.corrupt" in report[0]
   assert "OUT_OF_RANGE" in report[0]  # the root cause, not orbax's wrapper
   resumed.run()
-  for a, b in zip(want, _params(resumed)):
+  for a, b in zip(want, trained_params(resumed)):
     np.testing.assert_array_equal(a, b)
   resumed.close()
 

@@ -28,8 +28,8 @@ def test_study_driver_writes_table_and_plot(micro_world, tmp_path, study):
 
 
 def test_quick_study_runs(micro_world, small_data, tmp_path):
-  import quickstart
-  path = quickstart.main(["--scale", "micro", "--workdir", str(tmp_path), "--data_dir", small_data[0],
+  import quick_world
+  path = quick_world.main(["--scale", "micro", "--workdir", str(tmp_path), "--data_dir", small_data[0],
                           "--distill_steps", "2"])
   text = open(path).read()
   assert "before (generic draft)" in text and "after (distilled)" in text
@@ -47,10 +47,14 @@ def test_benchmark_scripts_run(micro_world, tmp_path):
   bench_decode.main(["--target", f"{world}/target_general/hf", "--draft", f"{world}/draft_generic/hf",
                      "--num_prompts", "2", "--max_new_tokens", "4", "--gammas", "2", "--batches", "1",
                      "--temperatures", "0", "--repeats", "1", "--hf_gamma", "2", "--corpus_config", "small",
-                     "--out", str(tmp_path / "d.md")])
+                     "--out", str(tmp_path / "d.md"), "--json", str(tmp_path / "d.json"), "--pair", "micro/pair"])
   for name in ("m", "t", "d"):
     assert "|---" in open(tmp_path / f"{name}.md").read()
   assert "identical ids 2/2" in open(tmp_path / "d.md").read()
+  import json
+  row = json.load(open(tmp_path / "d.json"))[0]
+  assert row["pair"] == "micro/pair" and row["gamma"] == 2 and row["tree"] is None
+  assert {"ar_tokens_per_s", "sd_tokens_per_s", "speedup", "predicted_speedup"} <= set(row)
 
 
 def test_target_benchmark_runs_on_the_real_target(real_target, tmp_path):
@@ -64,3 +68,12 @@ def test_target_benchmark_runs_on_the_real_target(real_target, tmp_path):
       ("smollm2-135m-instruct", "float32", 1), ("smollm2-135m-instruct", "float32", 2)]
   assert all(r["ms"] > 0 and r["limit_ms"] > 0 for r in rows)
   assert "fraction of the limit" in open(tmp_path / "t.md").read()
+
+
+def test_main_job_runs_on_the_real_target(real_target, small_data, tmp_path):
+  import quickstart
+  path = quickstart.main(["--scale", "micro", "--workdir", str(tmp_path), "--data_dir", small_data[0],
+                          "--target_dir", real_target])
+  text = open(path).read()
+  assert "| 0 |" in text and "| 1 |" in text and "predicted speedup = tau / (gamma c + v)" in text
+  assert "Greedy speculative text equals greedy plain text on 2/2 prompts" in text

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import app, flags, logging
+from absl import flags, logging
 from tqdm import tqdm
 
 from specdistill_jax import cli, data

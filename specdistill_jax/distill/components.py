@@ -44,7 +44,7 @@ class Components:
 
 
 def spec_is_set(spec) -> bool:
-  return bool(spec.hf_path or spec.checkpoint or spec.preset)
+  return bool(spec.hf_path or spec.checkpoint or spec.preset or spec.get("target_layers", 0))
 
 
 def set_overrides(spec) -> dict:
@@ -181,8 +181,14 @@ def build(config, workdir: str) -> Components:
   chat = ChatFormat(loading.load_tokenizer(tokenizer_dir))
   if not spec_is_set(config.draft):
     raise ValueError("config.draft is empty: set draft.preset, draft.hf_path or draft.checkpoint")
-  draft = build_model(config.draft, chat, "draft")
   target = build_model(config.target, chat, "target")
+  layers = int(config.draft.get("target_layers", 0) or 0)
+  if layers and not (config.draft.hf_path or config.draft.checkpoint):
+    if target is None:
+      raise ValueError(f"draft.target_layers={layers} cuts the draft from the target, but config.target is empty")
+    draft = models.first_layers(target, layers, config.draft.dtype, config.draft.param_dtype)
+  else:
+    draft = build_model(config.draft, chat, "draft")
   loss = config.objective.loss
   reference = build_model(config.reference, chat, "reference") if loss == "adaspec" else None
   if loss == "adaspec" and reference is None:

@@ -5,6 +5,7 @@ from flax import nnx
 from specdistill_jax.models.config import ModelConfig, RopeScaling, preset, preset_names
 from specdistill_jax.models.hf import CheckpointFormatError, config_from_hf, config_to_hf, load_hf, save_hf
 from specdistill_jax.models.kv_cache import KVCache
+from specdistill_jax.models.self_draft import first_layers
 from specdistill_jax.models.transformer import Transformer, init_cache
 
 
@@ -15,4 +16,4 @@ def create(config: ModelConfig, seed: int = 0) -> Transformer:
 
 __all__ = ["ModelConfig", "RopeScaling", "preset", "preset_names", "Transformer", "KVCache",
            "init_cache", "load_hf", "save_hf", "config_from_hf", "config_to_hf", "create",
-           "CheckpointFormatError"]
+           "CheckpointFormatError", "first_layers"]

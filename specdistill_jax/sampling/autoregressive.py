@@ -16,7 +16,6 @@ from typing import NamedTuple, Optional
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from specdistill_jax import models

@@ -32,3 +32,23 @@ def micro_config(data_dir, source="fixed", loss="fkl", steps=8, **data_overrides
   for k, v in data_overrides.items():
     c.data[k] = v
   return c
+
+
+def trained_params(trainer):
+  """The trainer's draft parameters as a list of host arrays."""
+  import jax
+  import numpy as np
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(trainer.state.params))]
+
+
+def straight_and_stopped(cfg, root, stop_after: int):
+  """(params of an uninterrupted run in root/a, workdir root/b of a run stopped after `stop_after` steps)."""
+  from specdistill_jax.distill.train import Trainer
+  straight = Trainer(cfg, str(root / "a"))
+  straight.run()
+  want = trained_params(straight)
+  straight.close()
+  first = Trainer(cfg, str(root / "b"))
+  first.run(stop_after=stop_after)  # stops and checkpoints there
+  first.close()
+  return want, root / "b"

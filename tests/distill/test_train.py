@@ -6,13 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from configs import common
 from specdistill_jax import checkpoint
 from specdistill_jax.distill import step as step_lib
 from specdistill_jax.distill.train import Trainer, TrainingDiverged
-from tests.distill.helpers import micro_config
+from tests.distill.helpers import micro_config, straight_and_stopped, trained_params
 
 
 def _loss(trainer, batch, params):
@@ -23,8 +22,6 @@ def _loss(trainer, batch, params):
   return float(step_lib.compute_loss(c.objective, trainer.graphdef, params, b, target, ref)[0])
 
 
-def _params(trainer):
-  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(trainer.state.params))]
 
 
 REGIMES = [("fixed", "fkl", {}), ("teacher_offline", "fkl", {}), ("teacher_offline", "ce", {"black_box": True}),
@@ -55,17 +52,11 @@ def test_a_few_steps_lower_the_loss(small_data, tmp_path, source, loss, extra):
 def test_kill_and_resume_equals_uninterrupted_bitwise(small_data, tmp_path):
   cfg = micro_config(small_data[0], "mixture", "fkl", steps=6)
   cfg.train.checkpoint_every = 2
-  straight = Trainer(cfg, str(tmp_path / "a"))
-  straight.run()
-  want = _params(straight)
-  straight.close()
-  first = Trainer(cfg, str(tmp_path / "b"))
-  first.run(stop_after=3)  # stops and checkpoints at step 3
-  first.close()
-  resumed = Trainer(cfg, str(tmp_path / "b"))
+  want, workdir = straight_and_stopped(cfg, tmp_path, stop_after=3)
+  resumed = Trainer(cfg, str(workdir))
   assert int(resumed.state.step) == 3
   resumed.run()
-  for a, b in zip(want, _params(resumed)):
+  for a, b in zip(want, trained_params(resumed)):
     np.testing.assert_array_equal(a, b)
   resumed.close()
 
@@ -98,7 +89,7 @@ def test_train_step_on_8_devices_matches_one_device(small_data, tmp_path):
     grads = [np.asarray(g) for g in jax.tree.leaves(jax.device_get(grad))]
     trainer.run()
     losses = [r["train/loss"] for r in metrics.read(str(workdir / "metrics.jsonl")) if "train/loss" in r]
-    runs.append((grads, losses, _params(trainer), trainer.tx_lr))
+    runs.append((grads, losses, trained_params(trainer), trainer.tx_lr))
     trainer.close()
   (g1, l1, p1, lr), (g8, l8, p8, _) = runs
   for a, b in zip(g1, g8):  # a reduction over ~1e5 terms: 1e-4 of the largest entry is ~800 ulps
