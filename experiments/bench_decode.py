@@ -37,6 +37,7 @@ import jax  # noqa: E402
 
 from specdistill_jax import loading, models, sampling  # noqa: E402
 from specdistill_jax.evaluate import step_seconds, theoretical_speedup  # noqa: E402
+from studylib import replace_json_rows  # noqa: E402
 
 
 def default_prompts(target_dir: str, n: int, corpus: str = "sharegpt_chat",
@@ -60,17 +61,6 @@ def timed_runs(fn, repeats: int):
   walls = [r[-1] for r in results]
   med = statistics.median(walls)
   return min(results, key=lambda r: abs(r[-1] - med))
-
-
-def update_json(path: str, rows: list[dict], pair: str) -> None:
-  import json
-  old = []
-  if os.path.exists(path):
-    with open(path) as fh:
-      old = [r for r in json.load(fh) if r.get("pair") != pair]
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as fh:
-    json.dump(old + rows, fh, indent=1)
 
 
 def ours_vs_transformers(target, draft, prompts, gamma, max_new, ours_tps) -> list[str]:
@@ -235,7 +225,7 @@ def main(argv=None):
       "| system | tok/s | | | |", "|---|---:|---|---|---|", *hf_lines, "",
       *goals(ratios, hf_lines)])
   if args.json:
-    update_json(args.json, records, pair)
+    replace_json_rows(args.json, records, "pair")
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:

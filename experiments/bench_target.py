@@ -16,14 +16,13 @@ limit_ms) into experiments/results/model_benchmark.json (other models' rows are 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -31,6 +30,7 @@ import jax.numpy as jnp  # noqa: E402
 from specdistill_jax import models  # noqa: E402
 from specdistill_jax.evaluate import step_seconds  # noqa: E402
 from specdistill_jax.models import import_gguf  # noqa: E402
+from studylib import best_seconds, replace_json_rows  # noqa: E402
 
 MODEL_NAME = import_gguf.DEFAULT_NAME
 
@@ -39,28 +39,12 @@ def read_bandwidth(megabytes: int = 256) -> float:
   """Bytes per second of an XLA reduction over `megabytes` of fp32 (best of 7)."""
   big = jnp.ones(megabytes * 1024 * 1024 // 4, jnp.float32)
   total = jax.jit(lambda x: x.sum())
-  jax.block_until_ready(total(big))
-  best = float("inf")
-  for _ in range(7):
-    t0 = time.perf_counter()
-    jax.block_until_ready(total(big))
-    best = min(best, time.perf_counter() - t0)
-  return big.nbytes / best
+  return big.nbytes / best_seconds(lambda: total(big), repeats=7)
 
 
 def param_bytes(model) -> int:
   from flax import nnx
   return sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-
-
-def update_json(path: str, rows: list[dict], model: str) -> None:
-  old = []
-  if os.path.exists(path):
-    with open(path) as fh:
-      old = [r for r in json.load(fh) if r.get("model") != model]
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as fh:
-    json.dump(old + rows, fh, indent=1)
 
 
 def main(argv=None):
@@ -106,7 +90,7 @@ def main(argv=None):
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as fh:
     fh.write(text)
-  update_json(args.json, rows, args.name)
+  replace_json_rows(args.json, rows, "model")
   print(text)
 
 

@@ -211,6 +211,19 @@ def figure(path_stem: str, results_dir: Optional[str] = None):
   return plt, save
 
 
+def replace_json_rows(path: str, rows: list[dict], key: str) -> None:
+  """Write `rows` into the JSON list at `path`, dropping old rows with the same `key` value(s)."""
+  import json
+  mine = {r[key] for r in rows}
+  old = []
+  if os.path.exists(path):
+    with open(path) as fh:
+      old = [r for r in json.load(fh) if r.get(key) not in mine]
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as fh:
+    json.dump(old + rows, fh, indent=1)
+
+
 def write_text(path: Optional[str], text: str) -> None:
   """Print `text` and, if a path is given, write it there (creating the folder)."""
   print(text)

@@ -116,7 +116,6 @@ class Checkpointer:
     dst, n = src + ".corrupt", 1
     while os.path.exists(dst):
       dst, n = f"{src}.corrupt-{n}", n + 1
-    import jax
     if jax.process_index() == 0 and os.path.exists(src):
       os.replace(src, dst)
     if jax.process_count() > 1:

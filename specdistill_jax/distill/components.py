@@ -52,8 +52,11 @@ def set_overrides(spec) -> dict:
   return {k: v for k, v in dict(spec.get("overrides") or {}).items() if v is not None}
 
 
-def build_model(spec, chat: ChatFormat, what: str) -> Optional[models.Transformer]:
-  """The model a spec describes, or None if the spec is empty."""
+def build_model(spec, chat: ChatFormat, what: str, target=None) -> Optional[models.Transformer]:
+  """The model a spec describes, or None if the spec is empty.
+
+  Precedence: hf_path, checkpoint, target_layers (cut from `target`), preset.
+  """
   overrides = set_overrides(spec)
   if overrides and (spec.hf_path or spec.checkpoint):
     raise ValueError(f"{what}.overrides {sorted(overrides)} apply to presets only, but {what}."
@@ -62,6 +65,12 @@ def build_model(spec, chat: ChatFormat, what: str) -> Optional[models.Transforme
     return loading.load_model(spec.hf_path, dtype=spec.dtype, param_dtype=spec.param_dtype)
   if spec.checkpoint:
     return loading.load_model(spec.checkpoint, dtype=spec.dtype, param_dtype=spec.param_dtype)
+  layers = int(spec.get("target_layers", 0) or 0)
+  if layers:
+    if target is None:
+      raise ValueError(f"{what}.target_layers={layers} cuts the {what} from the target, but config.target "
+                       "is empty")
+    return models.first_layers(target, layers, spec.dtype, spec.param_dtype)
   if spec.preset:
     vocab = overrides.pop("vocab_size", chat.vocab_size)
     fields = dict(eos_token_ids=(chat.eos,), bos_token_id=chat.bos, pad_token_id=chat.pad,
@@ -182,13 +191,7 @@ def build(config, workdir: str) -> Components:
   if not spec_is_set(config.draft):
     raise ValueError("config.draft is empty: set draft.preset, draft.hf_path or draft.checkpoint")
   target = build_model(config.target, chat, "target")
-  layers = int(config.draft.get("target_layers", 0) or 0)
-  if layers and not (config.draft.hf_path or config.draft.checkpoint):
-    if target is None:
-      raise ValueError(f"draft.target_layers={layers} cuts the draft from the target, but config.target is empty")
-    draft = models.first_layers(target, layers, config.draft.dtype, config.draft.param_dtype)
-  else:
-    draft = build_model(config.draft, chat, "draft")
+  draft = build_model(config.draft, chat, "draft", target)
   loss = config.objective.loss
   reference = build_model(config.reference, chat, "reference") if loss == "adaspec" else None
   if loss == "adaspec" and reference is None:

@@ -44,12 +44,9 @@ def as_key(rng) -> jax.Array:
 def check_token_ids(tokens: np.ndarray, lengths: np.ndarray, vocab_size: int) -> None:
   """Every real prompt token (first lengths[b] of row b) is an id in [0, vocab_size)."""
   valid = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
-  ids = tokens[valid]
-  if ids.size == 0:
-    return
-  bad = (ids < 0) | (ids >= vocab_size)
+  bad = valid & ((tokens < 0) | (tokens >= vocab_size))
   if bad.any():
-    rows, cols = np.nonzero(valid & ((tokens < 0) | (tokens >= vocab_size)))
+    rows, cols = np.nonzero(bad)
     raise ValueError(
         f"prompt {int(rows[0])} has token id {int(tokens[rows[0], cols[0]])} at position {int(cols[0])}, "
         f"outside [0, vocab_size={vocab_size}) ({int(bad.sum())} such ids in all): encode the prompts "

@@ -58,20 +58,18 @@ def sample_from_probs(key: jax.Array, probs: jax.Array) -> jax.Array:
   blocks = jnp.pad(probs, ((0, 0), (0, pad))).reshape(probs.shape[0], -1, _BLOCK)
   block_mass = jnp.sum(blocks, axis=-1)  # [R, NB]
   block_cdf = jnp.cumsum(block_mass, axis=-1)
-  u = jax.random.uniform(key, (probs.shape[0], 1), jnp.float32) * block_cdf[:, -1:]
-  last = block_mass.shape[-1] - 1
-  j = jnp.minimum(jnp.sum(block_cdf <= u, axis=-1), last)  # first block whose cdf exceeds u
-  # never land in an empty block (u at a rounding boundary): take the last non-empty one at or before j
-  nonempty = jnp.arange(last + 1)[None, :] <= j[:, None]
-  j = jnp.max(jnp.where(nonempty & (block_mass > 0), jnp.arange(last + 1)[None, :], 0), axis=-1)
+  total = block_cdf[:, -1:]
+  # u strictly below the total mass, so the first block whose cdf exceeds u exists and has mass > 0
+  # (its cdf rose over the previous one's); the same argument inside the block keeps every
+  # drawn entry at probability > 0.
+  u = jnp.minimum(jax.random.uniform(key, (probs.shape[0], 1), jnp.float32) * total, total * (1 - 1e-7))
+  j = jnp.sum(block_cdf <= u, axis=-1)
   inside = jnp.take_along_axis(blocks, j[:, None, None], axis=1)[:, 0]  # [R, 256]
   before = jnp.take_along_axis(block_cdf - block_mass, j[:, None], axis=1)
   within = jnp.cumsum(inside, axis=-1)
   rest = jnp.clip(u - before, 0.0, within[:, -1:] * (1 - 1e-7))
   i = jnp.sum(within <= rest, axis=-1)
-  i = jnp.where(inside[jnp.arange(inside.shape[0]), jnp.minimum(i, _BLOCK - 1)] > 0, i,
-                jnp.argmax(inside > 0, axis=-1))  # rounding guard: never an empty entry
-  return (j * _BLOCK + jnp.minimum(i, _BLOCK - 1)).astype(jnp.int32).reshape(lead)
+  return (j * _BLOCK + i).astype(jnp.int32).reshape(lead)
 
 
 def sample(key: jax.Array, logits: jax.Array, greedy: bool, temperature,
