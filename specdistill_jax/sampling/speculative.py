@@ -128,8 +128,9 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
 
     def body(s):
       rng, k_draft, k_accept = jax.random.split(s.rng, 3)
-      props = [_propose(d, c, p, n, k, gamma, greedy, temperature) for d, c, p, n, k in zip(
-          drafts, s.draft_caches, s.pending, s.n_pending, jax.random.split(k_draft, num_drafts))]
+      with jax.named_scope("draft_propose"):
+        props = [_propose(d, c, p, n, k, gamma, greedy, temperature) for d, c, p, n, k in zip(
+            drafts, s.draft_caches, s.pending, s.n_pending, jax.random.split(k_draft, num_drafts))]
       all_tokens = jnp.stack([p[0] for p in props])  # [K, B, G]
       all_logits = jnp.stack([p[1] for p in props])  # [K, B, G, V]
       if num_drafts == 1:
@@ -140,7 +141,14 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
       d_tokens, d_logits = _pick(all_tokens, choice), _pick(all_logits, choice)
 
       verify_in = jnp.concatenate([s.last_token[:, None], d_tokens], axis=1)
-      t_logits, t_cache = target.forward_cached(verify_in, s.target_cache)
+      with jax.named_scope("target_verify"):
+        t_logits, t_cache = target.forward_cached(verify_in, s.target_cache)
+      return _accept_and_advance(s, props, all_tokens, choice, scores, d_tokens, d_logits, t_logits,
+                                 t_cache, rng, k_accept)
+
+    @jax.named_scope("accept_and_advance")
+    def _accept_and_advance(s, props, all_tokens, choice, scores, d_tokens, d_logits, t_logits, t_cache,
+                            rng, k_accept):
       if greedy:
         n, t_next = acceptance.greedy(d_tokens, t_logits)
         same = jnp.argmax(d_logits, -1) == jnp.argmax(t_logits[:, :gamma], -1)
