@@ -39,6 +39,19 @@ class KVCache:
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
     return cls(keys=zeros, values=zeros, lengths=jnp.zeros((batch,), jnp.int32))
 
+  def compact(self, source: jax.Array, start: jax.Array, count: jax.Array) -> "KVCache":
+    """Move entries: slot start[b] + j gets slot source[b, j] for j < count[b] (source [B, M]).
+
+    After tree verification this puts the accepted path's K/V on consecutive
+    slots (a gather, then a scatter: static shapes). `lengths` is unchanged.
+    """
+    rows = jnp.arange(self.batch_size)[:, None]
+    j = jnp.arange(source.shape[1], dtype=jnp.int32)[None, :]
+    dest = jnp.where(j < count[:, None], start[:, None] + j, self.size)  # past the end: dropped
+    src = jnp.clip(source, 0, self.size - 1)
+    move = lambda buf: buf.at[rows, dest].set(buf[rows, src], mode="drop")  # noqa: E731
+    return self.replace(keys=tuple(map(move, self.keys)), values=tuple(map(move, self.values)))
+
   def with_lengths(self, lengths: jax.Array) -> "KVCache":
     """Roll back (or forward) every row to `lengths` [B]; the buffers are untouched."""
     return self.replace(lengths=lengths.astype(jnp.int32))

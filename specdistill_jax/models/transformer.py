@@ -169,12 +169,18 @@ class Attention(nnx.Module):
     mask = kvc.sequence_attention_mask(positions, segment_ids, self.window)
     return self._output(attend(q, k, v, mask))
 
-  def cached(self, x, positions, keys, values):
-    """x [B,T,D] at absolute positions [B,T]; returns (out, keys', values')."""
+  def cached(self, x, positions, keys, values, slots=None, mask=None):
+    """x [B,T,D] at rotary positions [B,T], written at cache slots [B,T] (default: the positions).
+
+    mask [B,T,S] (default: causal over slots) lets a tree of tokens see only its ancestors.
+    Returns (out, keys', values').
+    """
+    slots = positions if slots is None else slots
     q, k, v = self._project(x, positions)
-    keys = kvc.scatter_rows(keys, k, positions)
-    values = kvc.scatter_rows(values, v, positions)
-    mask = kvc.cached_attention_mask(positions, keys.shape[1], self.window)
+    keys = kvc.scatter_rows(keys, k, slots)
+    values = kvc.scatter_rows(values, v, slots)
+    if mask is None:
+      mask = kvc.cached_attention_mask(positions, keys.shape[1], self.window)
     return self._output(attend(q, keys, values, mask)), keys, values
 
 
@@ -207,8 +213,8 @@ class Block(nnx.Module):
     x = x + self.attn(self.attn_norm(x), positions, segment_ids)
     return x + self.mlp(self.mlp_norm(x))
 
-  def cached(self, x, positions, keys, values):
-    h, keys, values = self.attn.cached(self.attn_norm(x), positions, keys, values)
+  def cached(self, x, positions, keys, values, slots=None, mask=None):
+    h, keys, values = self.attn.cached(self.attn_norm(x), positions, keys, values, slots, mask)
     x = x + h
     return x + self.mlp(self.mlp_norm(x)), keys, values
 
@@ -260,20 +266,26 @@ class Transformer(nnx.Module):
     """Full-sequence forward. tokens [B,T] int; segment_ids [B,T] (0 = padding) -> logits [B,T,V]."""
     return self.project(self.hidden(tokens, positions=positions, segment_ids=segment_ids))
 
-  def forward_cached(self, tokens, cache: kvc.KVCache, num_valid=None):
+  def forward_cached(self, tokens, cache: kvc.KVCache, num_valid=None, *, positions=None, mask=None):
     """Feed tokens [B,T] at each row's offset; the first num_valid[b] of them are real.
 
     Returns logits [B,T,V] (positions past num_valid are junk) and the cache with
-    lengths advanced by num_valid (default: all T).
+    lengths advanced by num_valid (default: all T). A token tree (sampling/tree.py)
+    passes its rotary `positions` [B,T] (prefix length + depth) and its attention
+    `mask` [B,T,S]; the tokens are still written at slots lengths .. lengths+T-1.
     """
     b, t = tokens.shape
     if num_valid is None:
       num_valid = jnp.full((b,), t, jnp.int32)
-    positions = kvc.write_positions(cache.lengths, t)
+    slots = kvc.write_positions(cache.lengths, t)
+    if mask is not None and self.config.sliding_window is not None:
+      raise ValueError("tree attention masks do not support sliding-window attention "
+                       f"(sliding_window={self.config.sliding_window}); decode with a chain (tree=None)")
+    positions = slots if positions is None else positions
     x = self._embed(tokens)
     keys, values = [], []
     for block, k, v in zip(self.layers, cache.keys, cache.values):
-      x, k, v = block.cached(x, positions, k, v)
+      x, k, v = block.cached(x, positions, k, v, slots, mask)
       keys.append(k)
       values.append(v)
     new_cache = kvc.KVCache(tuple(keys), tuple(values), cache.lengths + num_valid.astype(jnp.int32))

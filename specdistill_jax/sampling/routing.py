@@ -3,6 +3,9 @@
 Every round each drafter proposes gamma tokens; per row the router picks the
 proposal with the highest score and the target verifies that one.
 
+With a `TreeSpec` there is no routing: every drafter grows its tree and the
+target verifies the merged tree (TAPS' strongest setting; sampling/tree.py).
+
 Signals (computed from the drafter's own distribution at temperature 1):
 * 'confidence' (TAPS): mean over k of the cumulative probability
   prod_{j<=k} q(d_j) of the proposal's prefixes;
@@ -50,12 +53,16 @@ SIGNALS = {"confidence": confidence, "entropy": negative_entropy}
 def routed_speculative_generate(target, drafts: Sequence, prompts, max_new_tokens: int,
                                 gamma: int = 4, temperature: float = 0.0, lenience=None, rng=None,
                                 signal: str = "confidence", route_on: str = "auto", lengths=None,
-                                cache_size: Optional[int] = None):
+                                cache_size: Optional[int] = None, tree=None):
   """`speculative_generate` with 2+ drafters routed per row and round; same (out, stats).
 
   route_on: 'auto' (current round at temperature 0, previous round when sampling:
   exact either way), 'current' or 'previous'. stats['drafter_share'] gives the
   fraction of row-rounds each drafter was chosen.
+  tree: a `TreeSpec` verifies the merged tree of all drafters' trees (TAPS; shared
+  prefixes merged, sampling/tree.py) in one target pass instead of routing;
+  stats['merged_share'][k] is the fraction of row-rounds with an accepted draft
+  whose whole accepted path drafter k's own tree held.
   """
   if len(drafts) < 2:
     raise ValueError(f"routing needs at least 2 drafters, got {len(drafts)}; "
@@ -67,7 +74,7 @@ def routed_speculative_generate(target, drafts: Sequence, prompts, max_new_token
   current = (float(temperature) == 0.0) if route_on == "auto" else route_on == "current"
   return run_speculative(target, list(drafts), prompts, max_new_tokens, gamma, temperature,
                          lenience, rng, lengths, cache_size, score_fn=SIGNALS[signal],
-                         route_on_current=current)
+                         route_on_current=current, tree=tree)
 
 
 def average_params(drafts: Sequence):

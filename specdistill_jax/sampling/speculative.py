@@ -22,6 +22,7 @@ accepted drafts per round; forward counts; wall seconds (compilation apart).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from typing import Callable, Optional
@@ -36,6 +37,7 @@ from specdistill_jax import models
 from specdistill_jax.sampling import acceptance
 from specdistill_jax.sampling import distributions as dist
 from specdistill_jax.sampling import placement
+from specdistill_jax.sampling import tree as tree_lib
 from specdistill_jax.sampling.autoregressive import last_valid
 from specdistill_jax.sampling.checks import as_key, check_temperature
 from specdistill_jax.sampling.compiled import CompiledProgram
@@ -53,7 +55,8 @@ class _Counters:
   pos_tested: jax.Array  # [G]
   histogram: jax.Array  # [G+1] raw accepted count per active row-round
   tvd_sum: jax.Array  # scalar: sum of TVD(p_i, q_i) over tested positions
-  routed: jax.Array  # [K] row-rounds each drafter was chosen
+  routed: jax.Array  # [K] row-rounds each drafter was chosen (tree: supplied the accepted path)
+  nodes: jax.Array  # scalar: draft tokens verified, summed over active row-rounds
 
 
 @flax.struct.dataclass
@@ -98,9 +101,11 @@ def _pick(stacked: jax.Array, choice: jax.Array) -> jax.Array:
 @functools.lru_cache(maxsize=64)
 def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size: int, greedy: bool,
              lenience_kind: Optional[str], eos_ids: tuple, pad_id: int,
-             score_fn: Optional[Callable], route_on_current: bool):
+             score_fn: Optional[Callable], route_on_current: bool, spec: Optional[tree_lib.TreeSpec]):
+  """gamma: drafts on the longest path of a round (a tree's depth when `spec` is set)."""
   num_drafts = len(draft_defs)
-  width = 2 if num_drafts == 1 else gamma + 1  # pending tokens a drafter may have to re-feed
+  # pending tokens a drafter may have to re-feed
+  width = 2 if num_drafts == 1 and spec is None else gamma + 1
 
   def run(target_state, draft_states, tokens, lengths, rng, temperature, eps):
     target = nnx.merge(target_def, target_state)
@@ -121,13 +126,13 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
         counters=_Counters(jnp.int32(0), zeros_b, zeros_b, zeros_b, zeros_b,
                            jnp.zeros((gamma,), jnp.int32), jnp.zeros((gamma,), jnp.int32),
                            jnp.zeros((gamma + 1,), jnp.int32), jnp.float32(0.0),
-                           jnp.zeros((num_drafts,), jnp.int32)))
+                           jnp.zeros((num_drafts,), jnp.int32), jnp.int32(0)))
 
     def cond(s):
       return ~jnp.all(s.done) & (s.counters.rounds < max_new)
 
-    def body(s):
-      rng, k_draft, k_accept = jax.random.split(s.rng, 3)
+    def chain_round(s, k_draft, k_accept):
+      """gamma drafts from one drafter (routed per row among several); verified as a chain."""
       with jax.named_scope("draft_propose"):
         props = [_propose(d, c, p, n, k, gamma, greedy, temperature) for d, c, p, n, k in zip(
             drafts, s.draft_caches, s.pending, s.n_pending, jax.random.split(k_draft, num_drafts))]
@@ -139,24 +144,83 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
         scores = jnp.stack([score_fn(props[k][1], props[k][0]) for k in range(num_drafts)], axis=1)
         choice = jnp.argmax(scores if route_on_current else s.prev_scores, axis=1).astype(jnp.int32)
       d_tokens, d_logits = _pick(all_tokens, choice), _pick(all_logits, choice)
-
       verify_in = jnp.concatenate([s.last_token[:, None], d_tokens], axis=1)
       with jax.named_scope("target_verify"):
         t_logits, t_cache = target.forward_cached(verify_in, s.target_cache)
-      return _accept_and_advance(s, props, all_tokens, choice, scores, d_tokens, d_logits, t_logits,
-                                 t_cache, rng, k_accept)
+      with jax.named_scope("accept_and_advance"):
+        if greedy:
+          n, t_next = acceptance.greedy(d_tokens, t_logits)
+          same = jnp.argmax(d_logits, -1) == jnp.argmax(t_logits[:, :gamma], -1)
+          tvd = 1.0 - same.astype(jnp.float32)
+        else:
+          log_p = dist.scaled_log_probs(t_logits, temperature)
+          log_q = dist.scaled_log_probs(d_logits, temperature)
+          n, t_next, tvd = acceptance.stochastic(k_accept, d_tokens, log_q, log_p, lenience_kind, eps)
 
-    @jax.named_scope("accept_and_advance")
-    def _accept_and_advance(s, props, all_tokens, choice, scores, d_tokens, d_logits, t_logits, t_cache,
-                            rng, k_accept):
-      if greedy:
-        n, t_next = acceptance.greedy(d_tokens, t_logits)
-        same = jnp.argmax(d_logits, -1) == jnp.argmax(t_logits[:, :gamma], -1)
-        tvd = 1.0 - same.astype(jnp.float32)
-      else:
-        log_p = dist.scaled_log_probs(t_logits, temperature)
-        log_q = dist.scaled_log_probs(d_logits, temperature)
-        n, t_next, tvd = acceptance.stochastic(k_accept, d_tokens, log_q, log_p, lenience_kind, eps)
+      def advance_target(n, active):  # roll back: keep last_token and the n accepted drafts
+        old = s.target_cache.lengths
+        return t_cache.with_lengths(jnp.where(active, old + 1 + n, old))
+
+      def advance_drafts(realised, n, active):
+        caches, pendings, n_pendings = [], [], []
+        pos = jnp.arange(gamma - 1)[None, :]
+        for k in range(num_drafts):
+          keep = acceptance.accepted_prefix((all_tokens[k][:, : gamma - 1] == realised[:, : gamma - 1])
+                                            & (pos < n[:, None]))
+          old = s.draft_caches[k].lengths
+          caches.append(props[k][2].with_lengths(jnp.where(active, old + s.n_pending[k] + keep, old)))
+          idx = jnp.minimum(keep[:, None] + jnp.arange(width)[None, :], gamma)
+          pendings.append(jnp.take_along_axis(realised, idx, axis=1))
+          n_pendings.append(n + 1 - keep)
+        return caches, pendings, n_pendings
+
+      supplied = jax.nn.one_hot(choice, num_drafts, dtype=jnp.int32)
+      nodes = jnp.full((b,), gamma, jnp.int32)
+      return n, t_next, d_tokens, tvd, scores, supplied, nodes, advance_target, advance_drafts
+
+    def tree_round(s, k_draft, k_accept):
+      """One dynamic tree per drafter, merged, verified in one target pass (sampling/tree.py)."""
+      with jax.named_scope("draft_propose"):
+        grown = [tree_lib.draft_tree(d, c, p, n, k, spec, greedy, temperature) for d, c, p, n, k in zip(
+            drafts, s.draft_caches, s.pending, s.n_pending, jax.random.split(k_draft, num_drafts))]
+        trees = [g[0] for g in grown]
+        forest = tree_lib.merge(trees, spec)
+      with jax.named_scope("target_verify"):
+        verify_in, positions, mask = tree_lib.verify_inputs(forest, s.last_token, s.target_cache.lengths,
+                                                            cache_size, spec.depth)
+        t_logits, t_cache = target.forward_cached(verify_in, s.target_cache, positions=positions, mask=mask)
+      with jax.named_scope("accept_and_advance"):
+        n, path, t_next = tree_lib.accept(k_accept, forest, t_logits, spec, greedy, temperature, num_drafts)
+      d_tokens = jnp.where(path >= 0, jnp.take_along_axis(forest.tokens, jnp.maximum(path, 0), axis=1), pad_id)
+
+      def advance_target(n, active):
+        old = s.target_cache.lengths
+        moved = tree_lib.compact_target(t_cache, old, path, jnp.where(active, n, 0))
+        return moved.with_lengths(jnp.where(active, old + 1 + n, old))
+
+      def advance_drafts(realised, n, active):
+        caches, pendings, n_pendings = [], [], []
+        start = 0
+        for k in range(num_drafts):
+          cache, pend, n_pend = tree_lib.advance_drafter(grown[k][1], forest, trees[k], k, start, path,
+                                                         jnp.where(active, n, 0), realised)
+          old = s.draft_caches[k].lengths
+          caches.append(cache.with_lengths(jnp.where(active, cache.lengths, old)))
+          pendings.append(pend)
+          n_pendings.append(n_pend)
+          start += trees[k].tokens.shape[1]
+        return caches, pendings, n_pendings
+
+      supplied = jnp.stack([tree_lib.holds_path(forest, k, path) for k in range(num_drafts)], axis=1)
+      nodes = jnp.sum(forest.valid & (forest.canon == jnp.arange(forest.tokens.shape[1])), axis=1)
+      tvd = jnp.zeros((b, gamma), jnp.float32)  # no single q per depth in a tree
+      return n, t_next, d_tokens, tvd, s.prev_scores, supplied.astype(jnp.int32) * (n > 0)[:, None], nodes, \
+          advance_target, advance_drafts
+
+    def body(s):
+      rng, k_draft, k_accept = jax.random.split(s.rng, 3)
+      n, t_next, d_tokens, tvd, scores, supplied, nodes, advance_target, advance_drafts = (
+          chain_round if spec is None else tree_round)(s, k_draft, k_accept)
 
       # realised tokens this round: d_1..d_n, t  (positions past n are padding)
       pos = jnp.arange(gamma + 1)[None, :]
@@ -173,21 +237,11 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
       n_out = s.n_out + emitted
       done = s.done | (active & ((eos_len <= emitted) | (n_out >= max_new)))
 
-      # roll back: the target keeps last_token and the n accepted drafts
-      t_cache = t_cache.with_lengths(jnp.where(active, s.target_cache.lengths + 1 + n,
-                                               s.target_cache.lengths))
+      t_cache = advance_target(n, active)
       last_token = jnp.where(active, t_next, s.last_token)
-      caches, pendings, n_pendings = [], [], []
-      for k in range(num_drafts):
-        own = all_tokens[k][:, : gamma - 1]
-        keep = acceptance.accepted_prefix((own == realised[:, : gamma - 1]) &
-                                          (pos[:, : gamma - 1] < n[:, None]))
-        old = s.draft_caches[k].lengths
-        caches.append(props[k][2].with_lengths(jnp.where(active, old + s.n_pending[k] + keep, old)))
-        idx = jnp.minimum(keep[:, None] + jnp.arange(width)[None, :], gamma)
-        pendings.append(jnp.where(active[:, None], jnp.take_along_axis(realised, idx, axis=1),
-                                  s.pending[k]))
-        n_pendings.append(jnp.where(active, n + 1 - keep, s.n_pending[k]))
+      caches, pendings, n_pendings = advance_drafts(realised, n, active)
+      pendings = [jnp.where(active[:, None], p, old) for p, old in zip(pendings, s.pending)]
+      n_pendings = [jnp.where(active, p, old) for p, old in zip(n_pendings, s.n_pending)]
 
       # statistics over usable proposals
       acc_eos = dist.is_eos(d_tokens, eos_ids) & (pos[:, :gamma] < n[:, None])
@@ -203,7 +257,8 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
           pos_tested=c.pos_tested + jnp.sum(gpos < tested[:, None], 0).astype(jnp.int32),
           histogram=c.histogram.at[n].add(active.astype(jnp.int32)),
           tvd_sum=c.tvd_sum + jnp.sum(jnp.where(gpos < tested[:, None], tvd, 0.0)),
-          routed=c.routed.at[choice].add(active.astype(jnp.int32)))
+          routed=c.routed + jnp.sum(jnp.where(active[:, None], supplied, 0), axis=0),
+          nodes=c.nodes + jnp.sum(jnp.where(active, nodes, 0)))
       return _State(t_cache, tuple(caches), tuple(pendings), tuple(n_pendings), last_token, out,
                     n_out, done, rng, scores, counters)
 
@@ -213,14 +268,15 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
   return CompiledProgram(run)
 
 
-def _summarise(c: _Counters, gamma: int, wall: float, compile_s: float, num_drafts: int) -> dict:
+def _summarise(c: _Counters, gamma: int, wall: float, compile_s: float, num_drafts: int,
+               spec: Optional[tree_lib.TreeSpec]) -> dict:
   c = jax.tree.map(lambda x: placement.to_host(x)[0], c)  # per-row counters may span hosts
   tested, accepted = int(c.tested.sum()), int(c.accepted.sum())
   tokens, row_rounds = int(c.emitted.sum()), int(c.active_rounds.sum())
   rounds = int(c.rounds)
   stats = {
       "alpha": accepted / max(tested, 1),
-      "alpha_tvd": 1.0 - float(c.tvd_sum) / max(tested, 1),
+      "alpha_tvd": None if spec else 1.0 - float(c.tvd_sum) / max(tested, 1),
       "tau": tokens / max(row_rounds, 1),
       "tokens": tokens,
       "accepted": accepted,
@@ -232,13 +288,18 @@ def _summarise(c: _Counters, gamma: int, wall: float, compile_s: float, num_draf
       "accepted_per_round": c.histogram.tolist(),
       "position_acceptance": (c.pos_accepted / np.maximum(c.pos_tested, 1)).tolist(),
       "tau_per_row": (c.emitted / np.maximum(c.active_rounds, 1)).tolist(),
+      "nodes_per_round": int(c.nodes) / max(row_rounds, 1),
       "wall_seconds": wall,
       "compile_seconds": compile_s,
       "tokens_per_second": tokens / max(wall, 1e-9),
       "gamma": gamma,
+      "tree": dataclasses.asdict(spec) if spec else None,
   }
-  if num_drafts > 1:
+  if num_drafts > 1 and spec is None:
     stats["drafter_share"] = (c.routed / max(int(c.routed.sum()), 1)).tolist()
+  if num_drafts > 1 and spec is not None:
+    # per drafter: fraction of row-rounds with an accepted draft whose whole path its own tree held
+    stats["merged_share"] = (c.routed / max(int(c.histogram[1:].sum()), 1)).tolist()
   return stats
 
 
@@ -252,9 +313,15 @@ def check_pair(target, draft, gamma: int) -> None:
 
 
 def run_speculative(target, drafts, prompts, max_new_tokens: int, gamma: int, temperature: float,
-                    lenience, rng, lengths, cache_size, score_fn=None, route_on_current=True):
+                    lenience, rng, lengths, cache_size, score_fn=None, route_on_current=True, tree=None):
   """Engine behind `speculative_generate` and `routing.routed_speculative_generate`."""
   temperature = check_temperature(temperature)
+  if tree is not None:
+    if not isinstance(tree, tree_lib.TreeSpec):
+      raise ValueError(f"tree={tree!r} must be a sampling.TreeSpec(depth, top_k, num_nodes) or None (a chain)")
+    if lenience is not None:
+      raise ValueError("lenience (lossy SD) is implemented for chains only; pass tree=None or lenience=None")
+    gamma = tree.depth
   for d in drafts:
     check_pair(target, d, gamma)
   len_ = acceptance.check_lenience(lenience, temperature)
@@ -262,12 +329,14 @@ def run_speculative(target, drafts, prompts, max_new_tokens: int, gamma: int, te
   tokens, lens = pad_prompts(prompts, lengths, pad_id=cfg.pad_token_id, vocab_size=cfg.vocab_size)
   key = as_key(rng)
   max_len = min([cfg.max_seq_len] + [d.config.max_seq_len for d in drafts])
-  size = check_cache(tokens.shape[1], max_new_tokens, gamma + 1, max_len, cache_size, "verification")
+  extra = gamma + 1 if tree is None else max(1 + len(drafts) * tree.num_nodes,
+                                             tree.depth + 1 + (tree.depth - 1) * tree.top_k)
+  size = check_cache(tokens.shape[1], max_new_tokens, extra, max_len, cache_size, "verification")
   t_def, t_state = nnx.split(target)
   splits = [nnx.split(d) for d in drafts]
   program = _program(t_def, tuple(s[0] for s in splits), int(max_new_tokens), int(gamma), size,
                      temperature == 0.0, len_[0] if len_ else None, cfg.eos_token_ids,
-                     cfg.pad_token_id, score_fn, route_on_current)
+                     cfg.pad_token_id, score_fn, route_on_current, tree)
   args = placement.place_inputs(t_state, tokens, lens, key,
                                 jnp.float32(max(temperature, 1e-6)), jnp.float32(len_[1] if len_ else 1.0))
   t0 = time.perf_counter()
@@ -275,20 +344,22 @@ def run_speculative(target, drafts, prompts, max_new_tokens: int, gamma: int, te
   jax.block_until_ready(out)
   wall = time.perf_counter() - t0 - compile_s
   out, n_out = placement.to_host(out, n_out)
-  stats = _summarise(counters, int(gamma), wall, compile_s, len(drafts))
+  stats = _summarise(counters, int(gamma), wall, compile_s, len(drafts), tree)
   stats["temperature"] = temperature
   return unpad(out, n_out), stats
 
 
 def speculative_generate(target, draft, prompts, max_new_tokens: int, gamma: int = 4,
                          temperature: float = 0.0, lenience=None, rng=None, lengths=None,
-                         cache_size: Optional[int] = None):
+                         cache_size: Optional[int] = None, tree: Optional[tree_lib.TreeSpec] = None):
   """Decode `prompts` with `target`, drafting gamma tokens per round with `draft`.
 
   prompts: list of token-id lists (ragged) or a padded [B, P] array with `lengths`.
   temperature 0: greedy (output == greedy target decoding); > 0: exact sampling.
   lenience: None (lossless) or (kind, eps), kind in {'lin', 'sq', 'exp'}, eps in (0, 1].
+  tree: None (a chain of gamma drafts) or a `TreeSpec`: a dynamic draft tree verified in one
+  target pass (sampling/tree.py); gamma is then ignored (the tree's depth bounds a round).
   Returns (out, stats): out[i] is row i's generated ids (prompt excluded, stops at eos).
   """
   return run_speculative(target, [draft], prompts, max_new_tokens, gamma, temperature, lenience,
-                         rng, lengths, cache_size)
+                         rng, lengths, cache_size, tree=tree)
