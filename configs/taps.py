@@ -37,5 +37,9 @@ def get_config(arg=None):
     c.base.tokenizer = c.tokenizer
   c.base.data.update(source="teacher_offline", top_k=16, gen_temperature=1.0)
   c.signal = "confidence"
+  # trees: each drafter's TreeSpec in the merged tree is (gamma, tree_top_k, tree_nodes_per_level * gamma);
+  # a single drafter's tree at the chain's cost is (gamma, tree_top_k, gamma)
+  c.tree_top_k = 2
+  c.tree_nodes_per_level = 2
   common.apply_overrides(c, inline)
   return c

@@ -225,7 +225,7 @@ def main(argv=None):
       "| system | tok/s | | | |", "|---|---:|---|---|---|", *hf_lines, "",
       *goals(ratios, hf_lines)])
   if args.json:
-    replace_json_rows(args.json, records, "pair")
+    replace_json_rows(args.json, records, ("pair", "tree"))
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:

@@ -104,11 +104,16 @@ def references(corpus: str, n: int, seed: int, split: str = "validation", corpus
 
 
 def evaluate_pair(target, draft, prompt_ids, gamma: int, temperature: float, seed: int,
-                  max_new_tokens: int, lenience=None, timed: bool = False) -> dict:
-  """One speculative decode of `prompt_ids`; with `timed`, the faster of two runs' tokens/s."""
-  kw = dict(gamma=gamma, temperature=temperature, lenience=lenience, rng=seed)
+                  max_new_tokens: int, lenience=None, timed: bool = False, tree=None, signal=None) -> dict:
+  """One speculative decode of `prompt_ids`; with `timed`, the faster of two runs' tokens/s.
+
+  draft: one model, or a list (routed per round by `signal`, or the merged tree with `tree`).
+  """
+  kw = dict(gamma=gamma, temperature=temperature, lenience=lenience, rng=seed, tree=tree)
   if isinstance(draft, (list, tuple)):
-    run = lambda: sampling.routed_speculative_generate(target, draft, prompt_ids, max_new_tokens, **kw)  # noqa: E731
+    routing = {"signal": signal} if signal else {}
+    run = lambda: sampling.routed_speculative_generate(target, draft, prompt_ids, max_new_tokens,  # noqa: E731
+                                                       **kw, **routing)
   else:
     run = lambda: sampling.speculative_generate(target, draft, prompt_ids, max_new_tokens, **kw)  # noqa: E731
   out, stats = run()
@@ -120,13 +125,14 @@ def evaluate_pair(target, draft, prompt_ids, gamma: int, temperature: float, see
 
 
 def seed_stats(target, draft_of, prompts_by_seed: dict, config, gamma=None, temperatures=None,
-               lenience=None, keys=("alpha", "tau"), timed: bool = False) -> dict:
+               lenience=None, keys=("alpha", "tau"), timed: bool = False, **decode) -> dict:
   """{temperature: {key: Stat over seeds, "runs": per-seed stats}}; draft_of(seed) gives the draft
-  (or a list: routing); `timed` as in evaluate_pair."""
+  (or a list: routing / merged tree); `timed`, `tree` and `signal` as in evaluate_pair."""
   out = {}
   for temp in temperatures if temperatures is not None else config.temperatures:
     runs = [evaluate_pair(target, draft_of(seed), prompts_by_seed[seed], gamma or config.gamma, temp, seed,
-                          config.max_new_tokens, lenience=lenience, timed=timed) for seed in sorted(prompts_by_seed)]
+                          config.max_new_tokens, lenience=lenience, timed=timed, **decode)
+            for seed in sorted(prompts_by_seed)]
     out[temp] = {k: aggregate([r[k] for r in runs]) for k in keys}
     out[temp]["runs"] = runs
   return out
@@ -211,14 +217,17 @@ def figure(path_stem: str, results_dir: Optional[str] = None):
   return plt, save
 
 
-def replace_json_rows(path: str, rows: list[dict], key: str) -> None:
-  """Write `rows` into the JSON list at `path`, dropping old rows with the same `key` value(s)."""
+def replace_json_rows(path: str, rows: list[dict], key) -> None:
+  """Write `rows` into the JSON list at `path`, dropping old rows with the same value(s) of `key`
+  (a field name, or a tuple of them)."""
   import json
-  mine = {r[key] for r in rows}
+  keys = (key,) if isinstance(key, str) else tuple(key)
+  ident = lambda r: tuple(json.dumps(r.get(k)) for k in keys)  # noqa: E731
+  mine = {ident(r) for r in rows}
   old = []
   if os.path.exists(path):
     with open(path) as fh:
-      old = [r for r in json.load(fh) if r.get(key) not in mine]
+      old = [r for r in json.load(fh) if ident(r) not in mine]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as fh:
     json.dump(old + rows, fh, indent=1)

@@ -1,6 +1,10 @@
 """Study f (TAPS: task-aware drafters combined by confidence routing).
 
     python experiments/taps.py --config=configs/taps.py:cpu
+Methods, on each domain at T=0 and T=1, 3 seeds: each drafter alone (chain), their
+parameter average, routed chains with the confidence and the entropy signal, the
+merged tree of both drafters (one target pass), and each drafter's dynamic tree with
+as many verified drafts as its chain (chain vs tree at equal verification cost).
 Writes experiments/results/taps.md and taps.png.
 """
 
@@ -31,7 +35,12 @@ def run(config) -> str:
       c = copy.deepcopy(config.base)
       c.data.corpora, c.seed = corpus, seed
       drafters[name, seed] = lib.train_cell(c, os.path.join(config.workdir, "taps", f"{name}_s{seed}"))
-  methods = {f"{n} drafter": (lambda s, n=n: lib.model(drafters[n, s])) for n in names}
+  tree = sampling.TreeSpec(config.gamma, config.tree_top_k, config.tree_nodes_per_level * config.gamma)
+  equal_cost = sampling.TreeSpec(config.gamma, config.tree_top_k, config.gamma)
+  single = lambda n: (lambda s: lib.model(drafters[n, s]))  # noqa: E731
+  both = lambda s: [lib.model(drafters[n, s]) for n in names]  # noqa: E731
+  # method -> (draft_of(seed), decode keywords)
+  methods = {f"{n} drafter": (single(n), {}) for n in names}
   averaged = {}
 
   def average(seed):
@@ -39,14 +48,18 @@ def run(config) -> str:
       averaged[seed] = sampling.average_params([lib.model(drafters[n, seed]) for n in names])
     return averaged[seed]
 
-  methods["parameter average"] = average
-  methods[f"routed ({config.signal})"] = lambda s: [lib.model(drafters[n, s]) for n in names]
+  methods["parameter average"] = (average, {})
+  for signal in ("confidence", "entropy"):
+    methods[f"routed chain ({signal})"] = (both, {"signal": signal})
+  methods["merged tree"] = (both, {"tree": tree})
+  for n in names:
+    methods[f"{n} drafter, tree at chain cost"] = (single(n), {"tree": equal_cost})
   results = {}
   for domain, corpus in config.domains:
     prompts = {s: lib.prompts(chat, corpus, config.num_prompts, s, config.max_prompt_tokens,
                               corpus_config=config.corpus_config) for s in range(config.seeds)}
-    for method, draft_of in methods.items():
-      results[domain, method] = lib.seed_stats(target, draft_of, prompts, config)
+    for method, (draft_of, decode) in methods.items():
+      results[domain, method] = lib.seed_stats(target, draft_of, prompts, config, **decode)
   rows = []
   for method in methods:
     row = [method]
@@ -55,34 +68,50 @@ def run(config) -> str:
       row += [lib.fmt(s, 2) for s in taus] + [f"{np.mean([s.mean for s in taus]):.2f}"]
     rows.append(row)
   header = ["drafter"] + [f"{h} (T={t:g})" for t in config.temperatures for h in [*names, "mean"]]
-  report.table(header, rows, f"tau (tokens per target call), gamma {config.gamma}, {config.num_prompts} validation "
-               f"prompts per domain, mean ± std over {config.seeds} seeds. One target: {os.path.basename(os.path.dirname(config.target))}.")
+  report.table(header, rows, f"tau (tokens per target call), chains gamma {config.gamma}; merged tree: each drafter's "
+               f"TreeSpec{(tree.depth, tree.top_k, tree.num_nodes)} (depth, top_k, num_nodes), shared prefixes merged, one target pass; "
+               f"'tree at chain cost': TreeSpec{(equal_cost.depth, equal_cost.top_k, equal_cost.num_nodes)}, the "
+               f"chain's number of verified drafts. {config.num_prompts} validation prompts per domain, mean ± std "
+               f"over {config.seeds} seeds. One target: {os.path.basename(os.path.dirname(config.target))}.")
   rows = [[m] + [lib.fmt(results[d, m][t]["alpha"]) for t in config.temperatures for d in names] for m in methods]
-  report.table(["drafter"] + [f"alpha {d} (T={t:g})" for t in config.temperatures for d in names], rows)
-  lines = []
-  routed = f"routed ({config.signal})"
-  for t in config.temperatures:
-    mean_tau = {m: np.mean([results[d, m][t]["tau"].mean for d in names]) for m in methods}
-    singles = [f"{n} drafter" for n in names]
-    own = all(results[d, f"{d} drafter"][t]["tau"].mean >= max(results[d, s][t]["tau"].mean for s in singles) - 1e-9
-              for d in names)
-    best_single = max(singles, key=lambda m: mean_tau[m])
-    lines.append(
-        f"T={t:g}: specialists win their own domain: {'yes' if own else 'no'}; mean tau routed "
-        f"{mean_tau[routed]:.2f} vs best single ({best_single}) {mean_tau[best_single]:.2f} "
-        f"({'routing wins: agrees' if mean_tau[routed] > mean_tau[best_single] else 'routing does not win: disagrees'}); "
-        f"parameter average {mean_tau['parameter average']:.2f} "
-        f"({'below both specialists on average: agrees' if mean_tau['parameter average'] < min(mean_tau[s] for s in singles) else 'not below both: disagrees'}).")
-  report.text(f"**Against the paper.** {CLAIM}\n\n" + "\n\n".join(lines) + "\n\nThe drafters here are distilled "
-              "copies of one generic draft (as TAPS' heads share a backbone), so averaging them is less harmful "
-              "than averaging independently trained models; routing at temperature 1 uses the previous round's "
-              "confidences to keep the output exactly the target's (see sampling/routing.py).")
+  report.table(["drafter"] + [f"alpha {d} (T={t:g})" for t in config.temperatures for d in names], rows,
+               "alpha: accepted / tested drafts along the verified path (per depth for trees).")
+  report.text(f"**Against the paper.** {CLAIM}\n\n" + "\n\n".join(verdicts(results, names, config.temperatures))
+              + "\n\nThe drafters here are distilled copies of one generic draft (as TAPS' heads share a backbone), "
+              "so averaging them is less harmful than averaging independently trained models; routing at "
+              "temperature 1 uses the previous round's confidences to keep the output exactly the target's "
+              "(sampling/routing.py); trees are exact at every temperature (sampling/tree.py).")
   plt, save = lib.figure("taps", config.results_dir or None)
   fig, axes = plt.subplots(1, len(config.temperatures), figsize=(5 * len(config.temperatures), 3.6))
   for ax, t in zip(np.atleast_1d(axes), config.temperatures):
     lib.bar_chart(ax, names, {m: [results[d, m][t]["tau"] for d in names] for m in methods}, "tau", f"T={t:g}")
+    ax.legend(fontsize=6)
   save(fig)
   return report.write(config.results_dir or None)
+
+
+def verdicts(results, names, temperatures) -> list[str]:
+  """TAPS' claims checked against this run's mean tau over the domains."""
+  lines = []
+  singles = [f"{n} drafter" for n in names]
+  for t in temperatures:
+    tau = {m: np.mean([results[d, m][t]["tau"].mean for d in names]) for (_, m) in results}
+    own = all(results[d, f"{d} drafter"][t]["tau"].mean >= max(results[d, s][t]["tau"].mean for s in singles) - 1e-9
+              for d in names)
+    best = max(singles, key=lambda m: tau[m])
+    conf, ent, merged = tau["routed chain (confidence)"], tau["routed chain (entropy)"], tau["merged tree"]
+    tree_gain = min(tau[f"{n} drafter, tree at chain cost"] / tau[f"{n} drafter"] for n in names)
+    lines.append(
+        f"T={t:g}: specialists win their own domain: {'yes' if own else 'no'}. Mean tau: merged tree {merged:.2f}, "
+        f"routed chain (confidence) {conf:.2f}, best single ({best}) {tau[best]:.2f}: the merged tree "
+        f"{'accepts longest: agrees' if merged > max(conf, tau[best]) else 'does not accept longest: disagrees'}. "
+        f"Routing signal: confidence {conf:.2f} vs entropy {ent:.2f} "
+        f"({'confidence wins: agrees' if conf > ent else 'confidence does not win: disagrees'}). "
+        f"Parameter average {tau['parameter average']:.2f} "
+        f"({'below both specialists: agrees' if tau['parameter average'] < min(tau[s] for s in singles) else 'not below both: disagrees'}). "
+        f"One drafter, dynamic tree vs chain at the same number of verified drafts: tau ratio {tree_gain:.2f} "
+        f"(lowest over drafters; target >= 1.3: {'met' if tree_gain >= 1.3 else 'not met'}).")
+  return lines
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ flags.DEFINE_integer("gamma", 4, "draft tokens per round")
 flags.DEFINE_float("temperature", 0.0, "0 = greedy, > 0 samples")
 flags.DEFINE_integer("max_new_tokens", 64, "tokens to generate per prompt")
 flags.DEFINE_string("lenience", None, "lossy SD as kind:eps, kind in lin|sq|exp")
+flags.DEFINE_string("tree", None, "verify a dynamic draft tree depth:top_k:num_nodes (several drafts: "
+                    "their merged tree) instead of a chain of --gamma drafts")
 flags.DEFINE_string("signal", "confidence", "routing signal with several drafts: confidence|entropy")
 flags.DEFINE_bool("average", False, "with several drafts: decode with their parameter average")
 flags.DEFINE_bool("chat", False, "wrap text prompts in the tokenizer's chat template")
@@ -79,6 +81,16 @@ def read_prompts(path: str, tokenizer, chat: bool) -> list[list[int]]:
   return prompts
 
 
+def parse_tree(text):
+  """'depth:top_k:num_nodes' -> TreeSpec (None: a chain)."""
+  if not text:
+    return None
+  parts = text.split(":")
+  if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+    raise ValueError(f"--tree={text!r} must be depth:top_k:num_nodes, e.g. --tree=4:2:8")
+  return sampling.TreeSpec(*map(int, parts))
+
+
 def format_stats(rows: list[tuple[str, str]]) -> str:
   width = max(len(k) for k, _ in rows)
   return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
@@ -99,7 +111,7 @@ def main(argv):
     kind, _, eps = FLAGS.lenience.partition(":")
     lenience = (kind, float(eps or 1.0))
   kw = dict(max_new_tokens=FLAGS.max_new_tokens, gamma=FLAGS.gamma, temperature=FLAGS.temperature,
-            lenience=lenience, rng=FLAGS.seed)
+            lenience=lenience, rng=FLAGS.seed, tree=parse_tree(FLAGS.tree))
   if len(drafts) == 1 or FLAGS.average:
     draft = drafts[0] if len(drafts) == 1 else sampling.average_params(drafts)
     out, stats = sampling.speculative_generate(target, draft, prompts, **kw)
@@ -117,6 +129,10 @@ def main(argv):
           ("wall seconds (compile)", f"{stats['wall_seconds']:.2f} ({stats['compile_seconds']:.1f})")]
   if "drafter_share" in stats:
     rows.append(("drafter share", " ".join(f"{s:.2f}" for s in stats["drafter_share"])))
+  if stats["tree"]:
+    rows.append(("tree nodes verified per round", f"{stats['nodes_per_round']:.1f}"))
+  if "merged_share" in stats:
+    rows.append(("merged: drafter held the accepted path", " ".join(f"{s:.2f}" for s in stats["merged_share"])))
   if FLAGS.baseline:
     gen = sampling.generate_batch(target, prompts, FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.seed)
     ar_tps = float(gen.lengths.sum()) / max(gen.wall_seconds, 1e-9)

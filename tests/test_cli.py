@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from specdistill_jax import sampling
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INFO_LINE = re.compile(r"^I\d{4} \d\d:\d\d:\d\d", re.M)  # absl's INFO format
 
@@ -73,9 +75,17 @@ def test_decode_chat_cli(micro_world, tmp_path):
   prompts.write_text("Write a haiku about caches.\n\nWhat is 2 + 2?\n")
   proc = run_cli("specdistill_jax.decode", "--target", _world(micro_world, "target_general"),
                  "--draft", _world(micro_world, "draft_generic"), "--prompts", str(prompts), "--chat",
-                 "--max_new_tokens", "4", "--gamma", "2")
+                 "--max_new_tokens", "4", "--tree", "2:2:3")
   assert_ok(proc)
   assert "--- [1]" in proc.stdout and "speculative tokens/s" in proc.stdout and "speedup" in proc.stdout
+  assert "tree nodes verified per round  3.0" in proc.stdout
+
+
+def test_decode_tree_flag_is_checked():
+  from specdistill_jax.decode import parse_tree
+  assert parse_tree("4:2:8") == sampling.TreeSpec(4, 2, 8) and parse_tree(None) is None
+  with pytest.raises(ValueError, match="--tree='4:2' must be depth:top_k:num_nodes"):
+    parse_tree("4:2")
 
 
 def test_evaluate_cli(micro_world, small_data):

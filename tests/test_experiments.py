@@ -48,12 +48,19 @@ def test_benchmark_scripts_run(micro_world, tmp_path):
                      "--num_prompts", "2", "--max_new_tokens", "4", "--gammas", "2", "--batches", "1",
                      "--temperatures", "0", "--repeats", "1", "--hf_gamma", "2", "--corpus_config", "small",
                      "--out", str(tmp_path / "d.md"), "--json", str(tmp_path / "d.json"), "--pair", "micro/pair"])
-  for name in ("m", "t", "d"):
+  import bench_tree
+  bench_tree.main(["--target", f"{world}/target_general/hf", "--draft", f"{world}/draft_generic/hf",
+                   "--skip_world", "--specs", "2:2:3", "--gammas", "1", "--temperatures", "0", "--num_prompts", "1",
+                   "--max_new_tokens", "4", "--repeats", "1", "--corpus_config", "small", "--pair", "micro/pair",
+                   "--out", str(tmp_path / "tr.md"), "--json", str(tmp_path / "d.json")])
+  for name in ("m", "t", "d", "tr"):
     assert "|---" in open(tmp_path / f"{name}.md").read()
   assert "identical ids 2/2" in open(tmp_path / "d.md").read()
   import json
-  row = json.load(open(tmp_path / "d.json"))[0]
+  rows = json.load(open(tmp_path / "d.json"))
+  row = rows[0]
   assert row["pair"] == "micro/pair" and row["gamma"] == 2 and row["tree"] is None
+  assert rows[-1]["tree"] == "depth=2,top_k=2,num_nodes=3"  # bench_tree adds its rows, keeps the chain's
   assert {"ar_tokens_per_s", "sd_tokens_per_s", "speedup", "predicted_speedup"} <= set(row)
 
 
