@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from specdistill_jax import loading, models, sampling  # noqa: E402
 from specdistill_jax.evaluate import step_seconds  # noqa: E402
 from specdistill_jax.models import import_gguf  # noqa: E402
-from studylib import replace_json_rows  # noqa: E402
+from studylib import replace_json_rows, write_text  # noqa: E402
 
 NODES = (4, 8, 16, 32, 64)
 WORLD_VOCAB = 8192
@@ -92,7 +92,7 @@ def main(argv=None):
   n_new = args.max_new_tokens
   width = max(map(len, prompts))  # one padded width: one compilation per setting
   padded = [(np.asarray([pr + [0] * (width - len(pr))], np.int32), [len(pr)]) for pr in prompts]
-  rows, records = [], []
+  rows, records, measured = [], [], []
   for temp in (float(t) for t in args.temperatures.split(",")):
     def per_prompt(**kw):
       stats = [median_run(lambda: sampling.speculative_generate(target, draft, row, n_new, temperature=temp,
@@ -110,7 +110,8 @@ def main(argv=None):
                       + [(f"tree {s.depth}:{s.top_k}:{s.num_nodes}", dict(tree=s)) for s in parse_specs(args.specs)]):
       r = per_prompt(**kw)
       rows.append(f"| {temp:g} | {label} | {r['nodes']:.1f} | {r['tau']:.2f} | {ar_tps:.1f} | {r['tps']:.1f} | "
-                  f"{r['tps'] / ar_tps:.2f} |")
+                  f"{r['tps'] / ar_tps:.2f} | {1e3 * r['tau'] / r['tps']:.1f} |")
+      measured.append((temp, label, r["tau"], r["tps"], ar_tps))
       print(rows[-1], flush=True)
       spec = kw.get("tree")
       records.append(dict(pair=args.pair, batch=1, temperature=temp, gamma=kw.get("gamma", spec and spec.depth),
@@ -131,13 +132,31 @@ def main(argv=None):
       f"## Tokens/s on the real pair ({args.pair})", "",
       f"{len(prompts)} chat prompts decoded one at a time, {n_new} new tokens each, median of {args.repeats} runs "
       "after a warm-up; tree = depth:top_k:num_nodes; nodes = draft tokens verified per round.", "",
-      "| T | drafting | nodes | tau | AR tok/s | SD tok/s | speedup |", "|---:|---|---:|---:|---:|---:|---:|",
-      *rows, ""])
+      "| T | drafting | nodes | tau | AR tok/s | SD tok/s | speedup | ms per round |",
+      "|---:|---|---:|---:|---:|---:|---:|---:|", *rows, "", *reading(measured)])
   replace_json_rows(args.json, [r for r in records if r["tree"]], ("pair", "tree", "temperature"))
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as fh:
-    fh.write(text)
-  print(text)
+  write_text(args.out, text)
+
+
+def reading(measured) -> list[str]:
+  """Best tree vs best chain per temperature, from this run's rows (temp, label, tau, tps, ar_tps)."""
+  lines = ["## Reading it", ""]
+  for temp in sorted({m[0] for m in measured}):
+    chains = [m for m in measured if m[0] == temp and m[1].startswith("chain")]
+    trees = [m for m in measured if m[0] == temp and m[1].startswith("tree")]
+    if not chains or not trees:
+      continue
+    chain, tree = max(chains, key=lambda m: m[3]), max(trees, key=lambda m: m[3])
+    longest = max(trees, key=lambda m: m[2])
+    lines.append(
+        f"* T={temp:g}: fastest chain ({chain[1]}) {chain[3]:.1f} tok/s (tau {chain[2]:.2f}, "
+        f"{1e3 * chain[2] / chain[3]:.1f} ms per round); fastest tree ({tree[1]}) {tree[3]:.1f} tok/s (tau "
+        f"{tree[2]:.2f}, {1e3 * tree[2] / tree[3]:.1f} ms per round): tree >= chain "
+        f"{'met' if tree[3] >= chain[3] else 'not met'}. The longest acceptance, {longest[1]} (tau "
+        f"{longest[2]:.2f}, {longest[2] / chain[2]:.2f}x the fastest chain's), pays for "
+        f"{1e3 * longest[2] / longest[3]:.1f} ms rounds: on this CPU a round's cost grows with the nodes "
+        f"verified (v(N) above) faster than tau grows with them.")
+  return lines + [""]
 
 
 def ar_one(target, prompt, n_new, temp):

@@ -32,6 +32,7 @@ import jax  # noqa: E402
 
 from specdistill_jax import loading, sampling  # noqa: E402
 from specdistill_jax.models import import_gguf  # noqa: E402
+from studylib import write_text  # noqa: E402
 
 SCOPES = ("draft_propose", "target_verify", "accept_and_advance")
 OTHER = "loop, prefill, other"
@@ -154,10 +155,7 @@ def main(argv=None):
       "* Acceptance, cache roll-back and bookkeeping cost 1.6 ms at T=0; at T=1 the target's log-softmax over "
       "49k entries is fused into the LM head, so the head's time shows up under accept_and_advance.",
       "* Attention over the 512-slot cache is a fraction of a millisecond per round at B=1."])
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as fh:
-    fh.write(text)
-  print(text)
+  write_text(args.out, text)
 
 
 if __name__ == "__main__":

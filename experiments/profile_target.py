@@ -32,7 +32,7 @@ from specdistill_jax.evaluate import _step_program, step_seconds  # noqa: E402
 from specdistill_jax.models import import_gguf  # noqa: E402
 from specdistill_jax.models import transformer  # noqa: E402
 from specdistill_jax.sampling import distributions as dist  # noqa: E402
-from studylib import best_seconds  # noqa: E402
+from studylib import best_seconds, write_text  # noqa: E402
 
 
 def best_ms(fn, repeats: int = 9) -> float:
@@ -109,10 +109,7 @@ def main(argv=None):
       "one-token bf16 matmuls now run on two rows (transformer._mm), which made bf16 k=1 go from 40.3 to "
       "~27 ms, no slower than fp32 (experiments/results/target_benchmark.md).",
       "* Sampling: switched from Gumbel-max to the inverse CDF (numbers above).", ""])
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as fh:
-    fh.write(text)
-  print(text)
+  write_text(args.out, text)
 
 
 if __name__ == "__main__":

@@ -321,6 +321,8 @@ def run_speculative(target, drafts, prompts, max_new_tokens: int, gamma: int, te
       raise ValueError(f"tree={tree!r} must be a sampling.TreeSpec(depth, top_k, num_nodes) or None (a chain)")
     if lenience is not None:
       raise ValueError("lenience (lossy SD) is implemented for chains only; pass tree=None or lenience=None")
+    if tree.top_k > target.config.vocab_size:
+      raise ValueError(f"TreeSpec.top_k={tree.top_k} exceeds the vocabulary ({target.config.vocab_size} tokens)")
     gamma = tree.depth
   for d in drafts:
     check_pair(target, d, gamma)
