@@ -8,11 +8,14 @@ domain's prompts: chat (sharegpt_chat) and tools (function_calling). On each dom
 validation prompts, at temperature 0 and 1, gamma 4: each drafter alone, their parameter
 average, and per-round confidence routing (TAPS: pick per row the proposal with the
 higher mean cumulative probability; at temperature 1 routed on the previous round's
-confidences to stay exact). 3 seeds. Measured run time on 2 CPU cores: 8.3 min (2 teacher
-caches, 6 training runs, evaluation). Expected numbers (experiments/results/taps.md), mean
-tau over the two domains at T=0 / T=1: chat drafter 1.78 / 1.76, tools drafter 2.47 / 2.43,
-parameter average 2.14 / 2.10, routed 2.63 / 2.35 (routing wins at T=0; at T=1, routed on
-the previous round's confidences, it trails the tools drafter).
+confidences to stay exact); trees: the merged tree of both drafters (each TreeSpec(4, 2, 8),
+shared prefixes merged, one target pass), each drafter's own tree of that spec, and its
+tree at the chain's cost TreeSpec(4, 2, 4). 3 seeds. Measured run time on 2 CPU cores:
+12.3 min (2 teacher caches, 6 training runs, evaluation of 10 methods). Expected numbers
+(experiments/results/taps.md), mean tau over the two domains at T=0 / T=1: chat drafter
+1.86 / 1.82, tools drafter 2.72 / 2.44, parameter average 2.38 / 2.15, routed chain by
+confidence 2.82 / 2.30 and by entropy 2.84 / 2.36, merged tree 3.37 / 2.83 (longest at both
+temperatures, as TAPS finds), tools drafter's own tree 3.07 / 2.63.
 
 Presets: cpu, micro (smoke test), gpu (two Qwen2.5-0.5B-Instruct drafters distilled on
 gsm8k and sharegpt_chat against Qwen2.5-7B-Instruct; local checkpoints under $MODELS_DIR).
