@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 from specdistill_jax import loading, models, sampling  # noqa: E402
 from specdistill_jax.evaluate import step_seconds  # noqa: E402
 from specdistill_jax.models import import_gguf  # noqa: E402
+from bench_decode import default_prompts, timed_runs  # noqa: E402
 from studylib import replace_json_rows, write_text  # noqa: E402
 
 NODES = (4, 8, 16, 32, 64)
@@ -48,10 +49,9 @@ def parse_specs(text: str) -> list:
   return [sampling.TreeSpec(*map(int, s.split(":"))) for s in text.split(",") if s]
 
 
-def median_run(fn, repeats: int):
-  fn()  # compile + warm-up
-  runs = sorted((fn() for _ in range(repeats)), key=lambda st: st["tokens_per_second"])
-  return runs[len(runs) // 2]
+def median_run(fn, repeats: int) -> dict:
+  """fn() -> stats with wall_seconds; the run of median wall time after a warm-up (bench_decode.timed_runs)."""
+  return timed_runs(lambda: (lambda st: (st, st["wall_seconds"]))(fn()), repeats)[0]
 
 
 def main(argv=None):
@@ -87,7 +87,6 @@ def main(argv=None):
                      + " | ".join(f"{v[n]:.2f}" for n in NODES) + " |")
     print(cost_rows[-1], flush=True)
 
-  from bench_decode import default_prompts
   prompts = default_prompts(args.target, args.num_prompts, corpus_config=args.corpus_config)[: args.num_prompts]
   n_new = args.max_new_tokens
   width = max(map(len, prompts))  # one padded width: one compilation per setting
@@ -161,7 +160,7 @@ def reading(measured) -> list[str]:
 
 def ar_one(target, prompt, n_new, temp):
   g = sampling.generate_batch(target, [prompt], n_new, temp, rng=1)
-  return {"tokens_per_second": int(g.lengths.sum()) / g.wall_seconds}
+  return {"tokens_per_second": int(g.lengths.sum()) / g.wall_seconds, "wall_seconds": g.wall_seconds}
 
 
 if __name__ == "__main__":

@@ -211,11 +211,11 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
           start += trees[k].tokens.shape[1]
         return caches, pendings, n_pendings
 
-      supplied = jnp.stack([tree_lib.holds_path(forest, k, path) for k in range(num_drafts)], axis=1)
+      supplied = jnp.stack([tree_lib.holds_path(forest, k, path) & (n > 0) for k in range(num_drafts)], axis=1)
       nodes = jnp.sum(forest.valid & (forest.canon == jnp.arange(forest.tokens.shape[1])), axis=1)
       tvd = jnp.zeros((b, gamma), jnp.float32)  # no single q per depth in a tree
-      return n, t_next, d_tokens, tvd, s.prev_scores, supplied.astype(jnp.int32) * (n > 0)[:, None], nodes, \
-          advance_target, advance_drafts
+      return (n, t_next, d_tokens, tvd, s.prev_scores, supplied.astype(jnp.int32), nodes, advance_target,
+              advance_drafts)
 
     def body(s):
       rng, k_draft, k_accept = jax.random.split(s.rng, 3)

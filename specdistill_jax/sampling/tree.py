@@ -130,9 +130,9 @@ def window_mask(base: jax.Array, visible: jax.Array, size: int) -> jax.Array:
 
 def _children(key, logq, k: int, greedy: bool):
   """k children per row of logq [B, P, V]: tokens [B,P,k] in drawing order, rank scores, ok."""
-  est = jax.lax.top_k(logq, k)[0]
+  est, top = jax.lax.top_k(logq, k)
   if greedy:
-    tokens = jax.lax.top_k(logq, k)[1].astype(jnp.int32)
+    tokens = top.astype(jnp.int32)
   else:
     probs = jnp.exp(logq)
     draws = []
@@ -143,6 +143,13 @@ def _children(key, logq, k: int, greedy: bool):
     tokens = jnp.stack(draws, axis=-1)
   ok = jnp.take_along_axis(logq, tokens, axis=-1) > dist.NEG_INF / 2
   return tokens, est, ok
+
+
+def _child_scores(parent_score, est):
+  """Scores of children in drawing order: parent's score + log of the r-th largest q, with
+  ties broken so a child scores below its parent and below its earlier siblings."""
+  k = est.shape[-1]
+  return parent_score + est - _TIE * (1 + jnp.arange(k) / k)
 
 
 def _take(x, idx):
@@ -159,7 +166,7 @@ def draft_tree(model, cache, pending, n_pending, key, spec: TreeSpec, greedy: bo
   window = (depth - 1) * k
   keys = jax.random.split(key, depth)
   tok, est, ok = _children(keys[0], logq, k, greedy)
-  tok, score, ok = tok[:, 0], est[:, 0] - _TIE * (1 + jnp.arange(k) / k), ok[:, 0]
+  tok, score, ok = tok[:, 0], _child_scores(0.0, est[:, 0]), ok[:, 0]
   parts = dict(tokens=[tok], parent=[jnp.full((b, k), -1, jnp.int32)], depth=[jnp.ones((b, k), jnp.int32)],
                score=[score], valid=[ok], rank=[jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k))],
                q_index=[jnp.zeros((b, k), jnp.int32)])
@@ -180,7 +187,7 @@ def draft_tree(model, cache, pending, n_pending, key, spec: TreeSpec, greedy: bo
     q_rows.append(logq)
     c_tok, c_est, c_ok = _children(keys[level], logq, k, greedy)  # [B, k, k]
     tok = c_tok.reshape(b, k * k)
-    score = (f_score[:, :, None] + c_est - _TIE * (1 + jnp.arange(k) / k)).reshape(b, k * k)
+    score = _child_scores(f_score[:, :, None], c_est).reshape(b, k * k)
     ok = (f_ok[:, :, None] & c_ok).reshape(b, k * k)
     anc = jnp.repeat(f_anc, k, axis=1)
     parts["tokens"].append(tok)
@@ -189,8 +196,8 @@ def draft_tree(model, cache, pending, n_pending, key, spec: TreeSpec, greedy: bo
     parts["score"].append(score)
     parts["valid"].append(ok)
     parts["rank"].append(jnp.tile(jnp.arange(k, dtype=jnp.int32), (b, k)))
-    parts["q_index"].append(jnp.repeat(1 + (level - 1) * k + jnp.arange(k, dtype=jnp.int32)[None], b, 0)
-                            .repeat(k, axis=1))
+    parts["q_index"].append(jnp.broadcast_to(jnp.repeat(1 + (level - 1) * k + jnp.arange(k, dtype=jnp.int32), k),
+                                             (b, k * k)))
     offset += k if level == 1 else k * k
   cand = {name: jnp.concatenate(v, axis=1) for name, v in parts.items()}
   top, sel = jax.lax.top_k(jnp.where(cand["valid"], cand["score"], -jnp.inf), spec.num_nodes)
