@@ -97,8 +97,21 @@ def model_overrides(**values) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fields)
 
 
+def feature(num_layers: int = 1, feature_layers: tuple = (), draft_vocab_size: int = 0,
+            vocab_batches: int = 32, verifier: str = "") -> ml_collections.ConfigDict:
+  """An EAGLE-3 feature draft (models.create_feature_draft) for a spec with kind='feature'.
+
+  feature_layers: target layer ids (() = EAGLE-3's low/middle/high); draft_vocab_size: 0 = the
+  full vocabulary, else the most frequent tokens of the first `vocab_batches` training batches;
+  verifier: the target's name written into the speculators export (default: its hf_path).
+  """
+  return ml_collections.ConfigDict(dict(num_layers=num_layers, feature_layers=tuple(feature_layers),
+                                        draft_vocab_size=draft_vocab_size, vocab_batches=vocab_batches,
+                                        verifier=verifier))
+
+
 def model(preset: str = "", hf_path: str = "", checkpoint: str = "", dtype: str = "float32",
-          param_dtype: str = "float32", seed: int = 0, target_layers: int = 0,
+          param_dtype: str = "float32", seed: int = 0, target_layers: int = 0, kind: str = "token",
           **overrides) -> ml_collections.ConfigDict:
   """Where a model comes from: an HF directory, an orbax model checkpoint, or a preset.
 
@@ -109,10 +122,13 @@ def model(preset: str = "", hf_path: str = "", checkpoint: str = "", dtype: str 
   ModelConfig field is there, None meaning the preset's value).
   dtype is the compute dtype (bfloat16 = mixed precision: bf16 matmuls with fp32
   accumulation); param_dtype the storage dtype of the parameters.
+  kind='feature' (drafts only): an EAGLE-3 draft that reads the target's hidden states,
+  described by the `feature` fields (hf_path may then name a speculators eagle3 export).
   """
   return ml_collections.ConfigDict(dict(
       preset=preset, hf_path=hf_path, checkpoint=checkpoint, dtype=dtype, param_dtype=param_dtype,
-      seed=seed, target_layers=target_layers, overrides=model_overrides(**overrides)))
+      seed=seed, target_layers=target_layers, kind=kind, feature=feature(),
+      overrides=model_overrides(**overrides)))
 
 
 def train_config() -> ml_collections.ConfigDict:
@@ -159,6 +175,8 @@ def train_config() -> ml_collections.ConfigDict:
       temperature=1.0,
       adaspec_fraction=0.4,
       chunk_tokens=128,  # tokens per loss chunk (logits never materialised for all tokens); 0 = off
+      ttt_steps=3,  # feature drafts: positions unrolled ahead in training (training-time test)
+      ttt_decay=1.0,  # feature drafts: weight of unrolled step s is ttt_decay**s (normalised)
   ))
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-3, warmup_steps=50, weight_decay=0.01, clip_norm=1.0, b1=0.9, b2=0.95,

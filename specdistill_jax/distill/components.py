@@ -44,7 +44,42 @@ class Components:
 
 
 def spec_is_set(spec) -> bool:
-  return bool(spec.hf_path or spec.checkpoint or spec.preset or spec.get("target_layers", 0))
+  return bool(spec.hf_path or spec.checkpoint or spec.preset or spec.get("target_layers", 0)
+              or spec.get("kind", "token") == "feature")
+
+
+def is_feature(spec) -> bool:
+  kind = spec.get("kind", "token") or "token"
+  if kind not in ("token", "feature"):
+    raise ValueError(f"draft.kind={kind!r} must be 'token' (a small LM) or 'feature' (EAGLE-3 head)")
+  return kind == "feature"
+
+
+def token_counts(source: src.Source, vocab: int, batches: int) -> np.ndarray:
+  """How often each token id is a training target in the source's first `batches` batches."""
+  counts = np.zeros((vocab,), np.int64)
+  for i in range(max(int(batches), 1)):
+    b = source.batch(i)
+    counts += np.bincount(np.asarray(b["tokens"])[np.asarray(b["loss_mask"]) > 0], minlength=vocab)[:vocab]
+  return counts
+
+
+def build_feature_draft(spec, target, source: src.Source, what: str = "draft"):
+  """An EAGLE-3 draft for `target`: loaded from spec.hf_path (speculators eagle3), or new."""
+  if target is None:
+    raise ValueError(f"{what}.kind='feature' reads the target's hidden states: set config.target")
+  if spec.hf_path:
+    draft = loading.load_model(spec.hf_path, dtype=spec.dtype, param_dtype=spec.param_dtype)
+    if not getattr(draft, "reads_target_features", False):
+      raise ValueError(f"{what}.hf_path={spec.hf_path!r} holds a token draft, not an eagle3 feature draft")
+    return draft
+  f = spec.feature
+  size = int(f.draft_vocab_size) or None
+  counts = token_counts(source, target.config.vocab_size, f.vocab_batches) if size else None
+  return models.create_feature_draft(target.config, num_layers=f.num_layers,
+                                     feature_layers=tuple(f.feature_layers) or None, draft_vocab_size=size,
+                                     seed=spec.seed, target=target, token_counts=counts, dtype=spec.dtype,
+                                     param_dtype=spec.param_dtype)
 
 
 def set_overrides(spec) -> dict:
@@ -152,7 +187,8 @@ def _prompt_list(config, chat, target, fixed: BatchPipeline, workdir: str) -> li
   return made
 
 
-def build_source(config, chat, target, workdir: str, needs_logits: bool) -> src.Source:
+def build_source(config, chat, target, workdir: str, needs_logits: bool, tokens_only: bool = False) -> src.Source:
+  """The configured data source; tokens_only: generated data without logits (feature drafts)."""
   d = config.data
   if d.source not in SOURCES:
     raise ValueError(f"unknown data source {d.source!r}; choose one of {SOURCES}")
@@ -169,15 +205,15 @@ def build_source(config, chat, target, workdir: str, needs_logits: bool) -> src.
              temperature=d.gen_temperature, seed=config.seed)
   if d.source == "teacher_offline":
     path = d.offline_cache or os.path.join(workdir, "teacher_cache")
-    top_k = 0 if d.black_box else d.top_k
+    top_k = 0 if (d.black_box or tokens_only) else d.top_k
     build_teacher_cache(path, target, prompt_list, max_len=d.max_len, max_new_tokens=d.max_new_tokens,
                         temperature=d.gen_temperature, top_k=top_k, seed=config.seed,
                         description=json.dumps(target.config.to_dict(), sort_keys=True)[:200])
     return src.TeacherOfflineSource(TeacherCache(path), d.batch_size, config.seed,
-                                    white_box=not d.black_box, process_index=jax.process_index(),
+                                    white_box=not (d.black_box or tokens_only), process_index=jax.process_index(),
                                     process_count=jax.process_count())
   if d.source == "teacher_online":
-    return src.TeacherOnlineSource(target, prompts, white_box=not d.black_box, **gen)
+    return src.TeacherOnlineSource(target, prompts, white_box=not (d.black_box or tokens_only), **gen)
   on_policy = src.OnPolicySource(prompts, pad_id=target.config.pad_token_id, **gen)
   if d.source == "on_policy":
     return on_policy
@@ -191,16 +227,31 @@ def build(config, workdir: str) -> Components:
   if not spec_is_set(config.draft):
     raise ValueError("config.draft is empty: set draft.preset, draft.hf_path or draft.checkpoint")
   target = build_model(config.target, chat, "target")
-  draft = build_model(config.draft, chat, "draft", target)
+  feature = is_feature(config.draft)
   loss = config.objective.loss
-  reference = build_model(config.reference, chat, "reference") if loss == "adaspec" else None
+  if feature:
+    if config.data.source in ("on_policy", "mixture"):
+      raise ValueError(f"data.source={config.data.source!r} samples from the draft alone, which a feature "
+                       "draft cannot do: use 'fixed', 'teacher_offline' or 'teacher_online'")
+    # the step runs the target for features and logits anyway: generated data needs tokens only
+    source = build_source(config, chat, target, workdir, needs_logits=False, tokens_only=True)
+    draft = build_feature_draft(config.draft, target, source)
+    reference = build_feature_draft(config.reference, target, source, "reference") if loss == "adaspec" else None
+    if reference is not None and not config.reference.hf_path:
+      raise ValueError("loss 'adaspec' with a feature draft needs config.reference.hf_path (an eagle3 export "
+                       "of the draft after plain KD)")
+  else:
+    draft = build_model(config.draft, chat, "draft", target)
+    reference = build_model(config.reference, chat, "reference") if loss == "adaspec" else None
   if loss == "adaspec" and reference is None:
     raise ValueError("loss 'adaspec' needs config.reference (the draft after plain KD)")
   check_vocab(chat, {"draft": draft, "target": target, "reference": reference})
-  source = build_source(config, chat, target, workdir, needs_logits=loss != "ce")
-  objective = Objective(loss=loss, teacher=source.teacher, beta=config.objective.beta,
-                        temperature=config.objective.temperature,
-                        adaspec_fraction=config.objective.adaspec_fraction)
+  if not feature:
+    source = build_source(config, chat, target, workdir, needs_logits=loss != "ce")
+  o = config.objective
+  objective = Objective(loss=loss, teacher="online" if feature else source.teacher, beta=o.beta,
+                        temperature=o.temperature, adaspec_fraction=o.adaspec_fraction, feature=feature,
+                        ttt_steps=int(o.get("ttt_steps", 3)), ttt_decay=float(o.get("ttt_decay", 1.0)))
   if objective.needs_target and target is None:
     raise ValueError(f"loss {loss!r} on source {config.data.source!r} needs a target (config.target)")
   eval_text = text_source(config, chat, config.data.eval_corpora or config.data.corpora,

@@ -20,6 +20,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from specdistill_jax.distill import divergences as div
+from specdistill_jax.distill import feature_loss
 from specdistill_jax.distill.state import TrainState
 
 
@@ -36,6 +37,11 @@ class Objective:
   beta: float = 0.5
   temperature: float = 1.0
   adaspec_fraction: float = 0.4
+  # feature drafts (EAGLE-3): the target runs in the step (features + logits), the draft is
+  # unrolled ttt_steps ahead, step s weighted ttt_decay**s (distill/feature_loss.py)
+  feature: bool = False
+  ttt_steps: int = 3
+  ttt_decay: float = 1.0
 
   def __post_init__(self):
     if self.loss not in div.LOSSES:
@@ -48,6 +54,11 @@ class Objective:
                        "only (black-box): use loss 'ce', or a white-box source")
     if self.temperature <= 0:
       raise ValueError(f"distillation temperature={self.temperature} must be > 0")
+    if self.feature:
+      feature_loss.step_weights(self.ttt_steps, self.ttt_decay)
+      if self.teacher != "online":
+        raise ValueError(f"a feature draft reads the target's hidden states, so its teacher is the target "
+                         f"run in the train step ('online'), not {self.teacher!r}")
 
   @property
   def needs_target(self) -> bool:
@@ -56,7 +67,7 @@ class Objective:
   @property
   def step_needs_target(self) -> bool:
     """Whether the train step reads the target's logits ('ce' trains on tokens alone)."""
-    return self.needs_target and self.loss != "ce"
+    return self.needs_target and (self.loss != "ce" or self.feature)
 
   @property
   def needs_reference(self) -> bool:
@@ -95,8 +106,11 @@ def token_values(objective: Objective, graphdef, params, batch, target=None, ref
   """Per-token values over [B*(T-1)] positions: loss, nll, and tvd/delta where defined.
 
   Returns (values, mask). The student and every teacher project hidden states to
-  logits one chunk at a time.
+  logits one chunk at a time. A feature draft's values span its unrolled steps
+  (feature_loss.py).
   """
+  if objective.feature:
+    return feature_loss.feature_token_values(objective, graphdef, params, batch, target, reference, with_nll)
   student, s_h = _hidden(graphdef, params, batch)
   inputs = {"s_h": _flat(s_h), "targets": _flat(batch["tokens"][:, 1:])}
   teacher_model = ref_model = None

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -56,7 +57,8 @@ class Trainer:
     c, t = self.parts, config.train
     self.tx = state_lib.make_optimizer(config.optim.lr, config.optim.warmup_steps, t.steps,
                                        config.optim.weight_decay, config.optim.clip_norm,
-                                       config.optim.b1, config.optim.b2, config.optim.final_fraction)
+                                       config.optim.b1, config.optim.b2, config.optim.final_fraction,
+                                       freeze=state_lib.has_frozen(nnx.state(c.draft, nnx.Param)))
     self.graphdef, state = state_lib.create(c.draft, self.tx, config.seed)
     self.state_shardings = state_lib.state_shardings(state, self.mesh, self.rules)
     self.state = jax.device_put(state, self.state_shardings)
@@ -72,10 +74,8 @@ class Trainer:
         self.reference_graphdef, self.state_shardings, self.batch_shardings,
         target_sh if use_target else None, reference_sh, self.mesh, config.objective.chunk_tokens)
     has_target = self.target_graphdef is not None
-    eval_objective = step_lib.Objective(
-        loss=c.objective.loss if has_target else "ce", teacher="online" if has_target else "tokens",
-        beta=c.objective.beta, temperature=c.objective.temperature,
-        adaspec_fraction=c.objective.adaspec_fraction)
+    eval_objective = dataclasses.replace(
+        c.objective, loss=c.objective.loss if has_target else "ce", teacher="online" if has_target else "tokens")
     self.eval_step = step_lib.make_eval_step(eval_objective, self.graphdef, self.target_graphdef,
                                              self.reference_graphdef, config.objective.chunk_tokens)
     self.ckpt = checkpoint.Checkpointer(os.path.join(self.workdir, "checkpoints"),
@@ -229,7 +229,11 @@ class Trainer:
     if not self.is_main:
       return None
     path = os.path.join(self.workdir, self.config.export_hf)
-    models.save_hf(self.draft_model(jax.device_get(params)), path)
+    draft = self.draft_model(jax.device_get(params))
+    if getattr(draft, "reads_target_features", False):  # speculators eagle3, naming its verifier
+      models.save_hf(draft, path, verifier=self.config.draft.feature.verifier or self.config.target.hf_path)
+    else:
+      models.save_hf(draft, path)
     self.parts.chat.tokenizer.save_pretrained(path)
     return path
 

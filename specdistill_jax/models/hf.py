@@ -132,34 +132,42 @@ def config_to_hf(config: ModelConfig):
 
 def _tensor_specs(c: ModelConfig):
   """(our path, HF name, to_ours(w), to_hf(w), our shape) for every parameter."""
-  d, h, hkv, dh, f, v = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim, c.vocab_size
+  d, v = c.d_model, c.vocab_size
   same = lambda w: w  # noqa: E731
   specs = [(("embed",), "model.embed_tokens.weight", same, same, (v, d)),
            (("final_norm", "weight"), "model.norm.weight", same, same, (d,))]
   if not c.tie_embeddings:
     specs.append((("lm_head",), "lm_head.weight", lambda w: w.T, lambda w: w.T, (d, v)))
   for i in range(c.num_layers):
-    p, n = ("layers", i), f"model.layers.{i}."
-
-    def heads(count):
-      return (lambda w: w.T.reshape(d, count, dh)), (lambda w: w.reshape(d, count * dh).T)
-
-    for ours, hf, count in (("q", "q_proj", h), ("k", "k_proj", hkv), ("v", "v_proj", hkv)):
-      to_ours, to_hf = heads(count)
-      specs.append((p + ("attn", ours), f"{n}self_attn.{hf}.weight", to_ours, to_hf, (d, count, dh)))
-      if c.qkv_bias:
-        specs.append((p + ("attn", f"{ours}_bias"), f"{n}self_attn.{hf}.bias",
-                      (lambda w, k=count: w.reshape(k, dh)), (lambda w: w.reshape(-1)), (count, dh)))
-    specs += [
-        (p + ("attn", "o"), f"{n}self_attn.o_proj.weight", lambda w: w.T.reshape(h, dh, d),
-         lambda w: w.reshape(h * dh, d).T, (h, dh, d)),
-        (p + ("mlp", "gate"), f"{n}mlp.gate_proj.weight", lambda w: w.T, lambda w: w.T, (d, f)),
-        (p + ("mlp", "up"), f"{n}mlp.up_proj.weight", lambda w: w.T, lambda w: w.T, (d, f)),
-        (p + ("mlp", "down"), f"{n}mlp.down_proj.weight", lambda w: w.T, lambda w: w.T, (f, d)),
-        (p + ("attn_norm", "weight"), f"{n}input_layernorm.weight", same, same, (d,)),
-        (p + ("mlp_norm", "weight"), f"{n}post_attention_layernorm.weight", same, same, (d,)),
-    ]
+    specs += layer_tensor_specs(c, ("layers", i), f"model.layers.{i}.")
   return specs
+
+
+def layer_tensor_specs(c: ModelConfig, ours: tuple, prefix: str, in_dim: Optional[int] = None):
+  """`_tensor_specs` rows of one decoder layer (q/k/v reading `in_dim`, default d_model)."""
+  d, h, hkv, dh, f = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim
+  d_in = in_dim or d
+  same = lambda w: w  # noqa: E731
+
+  def heads(count):
+    return (lambda w: w.T.reshape(d_in, count, dh)), (lambda w: w.reshape(d_in, count * dh).T)
+
+  specs = []
+  for name, hf, count in (("q", "q_proj", h), ("k", "k_proj", hkv), ("v", "v_proj", hkv)):
+    to_ours, to_hf = heads(count)
+    specs.append((ours + ("attn", name), f"{prefix}self_attn.{hf}.weight", to_ours, to_hf, (d_in, count, dh)))
+    if c.qkv_bias:
+      specs.append((ours + ("attn", f"{name}_bias"), f"{prefix}self_attn.{hf}.bias",
+                    (lambda w, k=count: w.reshape(k, dh)), (lambda w: w.reshape(-1)), (count, dh)))
+  return specs + [
+      (ours + ("attn", "o"), f"{prefix}self_attn.o_proj.weight", lambda w: w.T.reshape(h, dh, d),
+       lambda w: w.reshape(h * dh, d).T, (h, dh, d)),
+      (ours + ("mlp", "gate"), f"{prefix}mlp.gate_proj.weight", lambda w: w.T, lambda w: w.T, (d, f)),
+      (ours + ("mlp", "up"), f"{prefix}mlp.up_proj.weight", lambda w: w.T, lambda w: w.T, (d, f)),
+      (ours + ("mlp", "down"), f"{prefix}mlp.down_proj.weight", lambda w: w.T, lambda w: w.T, (f, d)),
+      (ours + ("attn_norm", "weight"), f"{prefix}input_layernorm.weight", same, same, (d,)),
+      (ours + ("mlp_norm", "weight"), f"{prefix}post_attention_layernorm.weight", same, same, (d,)),
+  ]
 
 
 def _set_path(tree: dict, path: tuple, value):
@@ -225,7 +233,8 @@ def _open_tensors(path: str) -> Callable[[str], np.ndarray]:
 
 
 def load_hf(path: str, dtype=jnp.float32, param_dtype=None, shardings=None) -> Transformer:
-  """Load a local HF checkpoint directory as a `Transformer`.
+  """Load a local HF checkpoint directory as a `Transformer` (or a speculators eagle3
+  directory as a `FeatureDraft`).
 
   dtype: compute dtype; param_dtype: storage dtype (default: dtype).
   shardings: optional callable(abstract nnx.State) -> pure dict of shardings
@@ -238,6 +247,9 @@ def load_hf(path: str, dtype=jnp.float32, param_dtype=None, shardings=None) -> T
   if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
     raise FileNotFoundError(f"{path!r} is not a directory with a config.json: pass the local "
                             "directory of a Llama/Mistral/Qwen2 checkpoint")
+  from specdistill_jax.models import eagle3_io
+  if eagle3_io.is_eagle3(path):
+    return eagle3_io.load_eagle3(path, dtype, param_dtype)
   try:
     hf_config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
   except (OSError, ValueError, KeyError) as e:
@@ -246,34 +258,49 @@ def load_hf(path: str, dtype=jnp.float32, param_dtype=None, shardings=None) -> T
   dname = jnp.dtype(dtype).name
   pname = jnp.dtype(param_dtype).name if param_dtype is not None else dname
   config = config_from_hf(hf_config, dname, pname, path)
-  get = _open_tensors(path)
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
   target_shardings = shardings(abstract) if shardings is not None else None
+  nnx.replace_by_pure_dict(abstract, read_tensors(path, _tensor_specs(config), pname, target_shardings))
+  return nnx.merge(graphdef, abstract)
+
+
+def read_tensors(path: str, specs, param_dtype: str, shardings=None) -> dict:
+  """The pure parameter dict that `specs` (rows of `_tensor_specs`) read from `path`'s safetensors."""
+  get = _open_tensors(path)
   pure = {}
-  for ours, name, to_ours, _, shape in _tensor_specs(config):
+  for ours, name, to_ours, _, shape in specs:
     w = to_ours(get(name))
     if tuple(w.shape) != shape:
       raise CheckpointFormatError(
           f"tensor {name!r} in {path} has shape {tuple(get(name).shape)}, which does not fit "
           f"config.json (expected {shape} in our layout)")
-    w = jnp.asarray(np.asarray(w).astype(_NP_DTYPES[pname]))
-    if target_shardings is not None:
-      w = jax.device_put(w, _get_path(target_shardings, ours))
+    w = jnp.asarray(np.asarray(w).astype(_NP_DTYPES[param_dtype]))
+    if shardings is not None:
+      w = jax.device_put(w, _get_path(shardings, ours))
     _set_path(pure, ours, w)
-  nnx.replace_by_pure_dict(abstract, pure)
-  return nnx.merge(graphdef, abstract)
+  return pure
 
 
-def save_hf(model: Transformer, path: str) -> None:
-  """Write `model` as an HF directory (config.json + model.safetensors)."""
+def hf_tensors(model, specs) -> dict:
+  """{HF name: numpy array} of `model`'s parameters laid out by `specs`."""
+  pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  return {name: np.ascontiguousarray(to_hf(np.asarray(jax.device_get(_get_path(pure, ours)))))
+          for ours, name, _, to_hf, _ in specs}
+
+
+def save_hf(model, path: str, verifier: Optional[str] = None) -> None:
+  """Write `model` as an HF directory (config.json + model.safetensors).
+
+  A feature draft is written in speculators' `eagle3` format (models/eagle3_io.py), naming
+  `verifier` (the target's HF id or local path) as the model it drafts for.
+  """
   from safetensors.numpy import save_file
 
+  if getattr(model, "reads_target_features", False):
+    from specdistill_jax.models import eagle3_io
+    return eagle3_io.save_eagle3(model, path, verifier)
   config: ModelConfig = model.config
   os.makedirs(path, exist_ok=True)
   config_to_hf(config).save_pretrained(path)
-  pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  tensors = {}
-  for ours, name, _, to_hf, _ in _tensor_specs(config):
-    w = np.asarray(jax.device_get(_get_path(pure, ours)))
-    tensors[name] = np.ascontiguousarray(to_hf(w))
-  save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+  save_file(hf_tensors(model, _tensor_specs(config)), os.path.join(path, "model.safetensors"),
+            metadata={"format": "pt"})

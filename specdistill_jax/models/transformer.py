@@ -9,6 +9,11 @@ the two forwards every other module uses:
   tokens per row written at each row's own offset `cache.lengths[b]`. Prefill,
   one-token decode and (gamma+1)-token verification are all this one call.
 
+Both forwards can also return the target *features* a feature drafter reads
+(models/feature_draft.py): `feature_layers=(l, ...)` adds the residual stream
+at the input of each layer l (l = num_layers: the final-normed hidden state,
+the convention of HF's `hidden_states` and of EAGLE-3 / speculators).
+
 Every parameter carries `logical_axes` metadata (e.g. ('embed', 'mlp')) that
 `sharding.py` maps onto the device mesh.
 """
@@ -134,15 +139,17 @@ def attend(q, k, v, mask):
 class Attention(nnx.Module):
   """Multi-head attention with grouped key/value heads, RoPE and optional q/k/v bias."""
 
-  def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+  def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs, in_dim: Optional[int] = None):
+    """in_dim: width of the input (default d_model; an EAGLE-3 first layer reads 2 d_model)."""
     c = config
     self.config = c
     self.window = c.window_for_layer(layer)
-    s_in = c.d_model ** -0.5
+    d_in = in_dim or c.d_model
+    s_in = d_in ** -0.5
     s_out = (c.num_heads * c.head_dim) ** -0.5
-    self.q = _param(rngs, (c.d_model, c.num_heads, c.head_dim), ("embed", "heads", "head_dim"), c, s_in)
-    self.k = _param(rngs, (c.d_model, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), c, s_in)
-    self.v = _param(rngs, (c.d_model, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), c, s_in)
+    self.q = _param(rngs, (d_in, c.num_heads, c.head_dim), ("embed", "heads", "head_dim"), c, s_in)
+    self.k = _param(rngs, (d_in, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), c, s_in)
+    self.v = _param(rngs, (d_in, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), c, s_in)
     self.o = _param(rngs, (c.num_heads, c.head_dim, c.d_model), ("heads", "head_dim", "embed"), c, s_out)
     if c.qkv_bias:
       self.q_bias = _param(rngs, (c.num_heads, c.head_dim), ("heads", "head_dim"), c, zeros=True)
@@ -184,6 +191,17 @@ class Attention(nnx.Module):
     return self._output(attend(q, keys, values, mask)), keys, values
 
 
+  def unrolled(self, x, positions, keys, values, mask):
+    """Attend over [keys; this call's keys] (a training-time-test unroll, feature_draft.py).
+
+    keys/values [B, S0, Hkv, D] (S0 may be 0); mask [B, T, S0 + T]. Returns (out, keys', values').
+    """
+    q, k, v = self._project(x, positions)
+    keys = jnp.concatenate([keys, k.astype(keys.dtype)], axis=1)
+    values = jnp.concatenate([values, v.astype(values.dtype)], axis=1)
+    return self._output(attend(q, keys, values, mask)), keys, values
+
+
 class MLP(nnx.Module):
   """SwiGLU: down(silu(gate(x)) * up(x))."""
 
@@ -218,6 +236,11 @@ class Block(nnx.Module):
     x = x + h
     return x + self.mlp(self.mlp_norm(x)), keys, values
 
+  def unrolled(self, x, positions, keys, values, mask):
+    h, keys, values = self.attn.unrolled(self.attn_norm(x), positions, keys, values, mask)
+    x = x + h
+    return x + self.mlp(self.mlp_norm(x)), keys, values
+
 
 class Transformer(nnx.Module):
   """Token ids [B, T] -> logits [B, T, V] (fp32)."""
@@ -246,33 +269,42 @@ class Transformer(nnx.Module):
       logits = _mm("td,dv->tv", h2, self.lm_head[...], dt, jnp.float32)
     return logits.reshape(h.shape[:-1] + (logits.shape[-1],))
 
-  def _logits(self, x):
-    return self.project(self.final_norm(x))
-
-  def hidden(self, tokens, *, positions=None, segment_ids=None):
+  def hidden(self, tokens, *, positions=None, segment_ids=None, feature_layers=()):
     """Final-normed hidden states [B, T, D]; `project` turns them into logits.
 
     Losses over large vocabularies project chunk by chunk instead of
-    materialising [B, T, V] (see distill/step.py).
+    materialising [B, T, V] (see distill/step.py). With `feature_layers`
+    returns (hidden, features [B, T, len(feature_layers) * D]).
     """
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
     x = self._embed(tokens)
-    for block in self.layers:
+    taps = {}
+    for i, block in enumerate(self.layers):
+      taps[i] = x
       x = block(x, positions, segment_ids)
-    return self.final_norm(x)
+    h = self.final_norm(x)
+    if not feature_layers:
+      return h
+    return h, self._features(taps, h, feature_layers)
+
+  def _features(self, taps: dict, final, feature_layers):
+    check_feature_layers(feature_layers, self.config.num_layers)
+    return jnp.concatenate([final if l == self.config.num_layers else taps[l] for l in feature_layers], -1)
 
   def __call__(self, tokens, *, positions=None, segment_ids=None):
     """Full-sequence forward. tokens [B,T] int; segment_ids [B,T] (0 = padding) -> logits [B,T,V]."""
     return self.project(self.hidden(tokens, positions=positions, segment_ids=segment_ids))
 
-  def forward_cached(self, tokens, cache: kvc.KVCache, num_valid=None, *, positions=None, mask=None):
+  def forward_cached(self, tokens, cache: kvc.KVCache, num_valid=None, *, positions=None, mask=None,
+                     feature_layers=()):
     """Feed tokens [B,T] at each row's offset; the first num_valid[b] of them are real.
 
     Returns logits [B,T,V] (positions past num_valid are junk) and the cache with
     lengths advanced by num_valid (default: all T). A token tree (sampling/tree.py)
     passes its rotary `positions` [B,T] (prefix length + depth) and its attention
     `mask` [B,T,S]; the tokens are still written at slots lengths .. lengths+T-1.
+    With `feature_layers` returns (logits, cache, features [B, T, len * D]).
     """
     b, t = tokens.shape
     if num_valid is None:
@@ -283,16 +315,28 @@ class Transformer(nnx.Module):
                        f"(sliding_window={self.config.sliding_window}); decode with a chain (tree=None)")
     positions = slots if positions is None else positions
     x = self._embed(tokens)
-    keys, values = [], []
-    for block, k, v in zip(self.layers, cache.keys, cache.values):
+    keys, values, taps = [], [], {}
+    for i, (block, k, v) in enumerate(zip(self.layers, cache.keys, cache.values)):
+      taps[i] = x
       x, k, v = block.cached(x, positions, k, v, slots, mask)
       keys.append(k)
       values.append(v)
     new_cache = kvc.KVCache(tuple(keys), tuple(values), cache.lengths + num_valid.astype(jnp.int32))
-    return self._logits(x), new_cache
+    h = self.final_norm(x)
+    if not feature_layers:
+      return self.project(h), new_cache
+    return self.project(h), new_cache, self._features(taps, h, feature_layers)
 
   def init_cache(self, batch: int, size: int) -> kvc.KVCache:
     return init_cache(self.config, batch, size)
+
+
+def check_feature_layers(feature_layers, num_layers: int) -> None:
+  """Layer ids of target features: distinct, in [0, num_layers] (num_layers = the final hidden state)."""
+  ids = list(feature_layers)
+  if not ids or len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) > num_layers:
+    raise ValueError(f"feature_layers={tuple(ids)} must be distinct layer ids in [0, {num_layers}] for a "
+                     f"{num_layers}-layer target (id {num_layers} = its final hidden state)")
 
 
 def init_cache(config: ModelConfig, batch: int, size: int) -> kvc.KVCache:

@@ -12,6 +12,9 @@ token (`last_token`, fed at the next verification); each draft cache holds a
 prefix of it and keeps the rest as `pending` tokens (1 or 2 for one drafter:
 when all G drafts are accepted, d_G was never fed to the draft). With several
 drafters (routing.py) an unchosen drafter re-feeds up to G+1 pending tokens.
+A feature draft (EAGLE-3, sampling/proposer.py) also keeps each pending
+token's hidden input (`pending_hidden`, the target features that the
+verification pass returned) and re-feeds every realised token each round.
 
 stats (see `_summarise`): alpha = accepted / tested draft tokens, counting only
 proposals that could be used (none after a rejection, past the token budget or
@@ -37,6 +40,7 @@ from specdistill_jax import models
 from specdistill_jax.sampling import acceptance
 from specdistill_jax.sampling import distributions as dist
 from specdistill_jax.sampling import placement
+from specdistill_jax.sampling import proposer
 from specdistill_jax.sampling import tree as tree_lib
 from specdistill_jax.sampling.autoregressive import last_valid
 from specdistill_jax.sampling.checks import as_key, check_temperature
@@ -65,6 +69,7 @@ class _State:
   draft_caches: tuple
   pending: tuple  # per drafter [B, W]
   n_pending: tuple  # per drafter [B]
+  pending_hidden: tuple  # per drafter [B, W, D] (feature drafts) or None
   last_token: jax.Array  # [B]
   out: jax.Array  # [B, N + G + 1]
   n_out: jax.Array
@@ -74,19 +79,20 @@ class _State:
   counters: _Counters
 
 
-def _propose(model, cache, pending, n_pending, key, gamma, greedy, temperature):
+def _propose(model, cache, pending, n_pending, hidden, key, gamma, greedy, temperature):
   """Feed pending tokens, then draft gamma tokens. -> (tokens [B,G], logits [B,G,V], cache)."""
-  logits, cache = model.forward_cached(pending, cache, num_valid=n_pending)
+  logits, cache, states = proposer.feed(model, pending, cache, n_pending, hidden=hidden)
   first = last_valid(logits, n_pending)
+  state = None if states is None else last_valid(states, n_pending)[:, None]
   keys = jax.random.split(key, gamma)
 
   def step(carry, k):
-    cache, logits = carry
+    cache, logits, state = carry
     tok = dist.sample(k, logits, greedy, temperature)
-    nxt, cache = model.forward_cached(tok[:, None], cache)
-    return (cache, nxt[:, 0]), (tok, logits)
+    nxt, cache, out = proposer.feed(model, tok[:, None], cache, hidden=state)
+    return (cache, nxt[:, 0], out), (tok, logits)
 
-  (cache, last), (toks, seen) = jax.lax.scan(step, (cache, first), keys[: gamma - 1])
+  (cache, last, _), (toks, seen) = jax.lax.scan(step, (cache, first, state), keys[: gamma - 1])
   tok_last = dist.sample(keys[-1], last, greedy, temperature)
   tokens = jnp.concatenate([toks.T, tok_last[:, None]], axis=1)
   logits = jnp.concatenate([jnp.moveaxis(seen, 0, 1), last[:, None]], axis=1)
@@ -104,23 +110,28 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
              score_fn: Optional[Callable], route_on_current: bool, spec: Optional[tree_lib.TreeSpec]):
   """gamma: drafts on the longest path of a round (a tree's depth when `spec` is set)."""
   num_drafts = len(draft_defs)
-  # pending tokens a drafter may have to re-feed
-  width = 2 if num_drafts == 1 and spec is None else gamma + 1
 
   def run(target_state, draft_states, tokens, lengths, rng, temperature, eps):
     target = nnx.merge(target_def, target_state)
     drafts = [nnx.merge(d, s) for d, s in zip(draft_defs, draft_states)]
+    layers = proposer.feature_layers(drafts)  # target features the feature drafts read
+    featured = [proposer.reads_features(d) for d in drafts]
+    # pending tokens a drafter may have to re-feed
+    width = 2 if num_drafts == 1 and spec is None and not any(featured) else gamma + 1
     b = tokens.shape[0]
     prefix = lengths - 1
     last_token = jnp.take_along_axis(tokens, prefix[:, None], axis=1)[:, 0]
-    _, t_cache = target.forward_cached(tokens, models.init_cache(target.config, b, cache_size), prefix)
-    d_caches = tuple(d.forward_cached(tokens, models.init_cache(d.config, b, cache_size), prefix)[1]
-                     for d in drafts)
+    t_out = target.forward_cached(tokens, models.init_cache(target.config, b, cache_size), prefix,
+                                  feature_layers=layers)
+    t_cache, t_feats = t_out[1], (t_out[2] if layers else None)
+    prefilled = [proposer.prefill(d, tokens, prefix, cache_size, t_feats, layers) for d in drafts]
+    d_caches = tuple(p[0] for p in prefilled)
+    hiddens = tuple(None if h is None else jnp.pad(h, ((0, 0), (0, width - 1), (0, 0))) for _, h in prefilled)
     pending = jnp.zeros((b, width), jnp.int32).at[:, 0].set(last_token)
     zeros_b = jnp.zeros((b,), jnp.int32)
     init = _State(
         target_cache=t_cache, draft_caches=d_caches, pending=(pending,) * num_drafts,
-        n_pending=(jnp.ones((b,), jnp.int32),) * num_drafts, last_token=last_token,
+        n_pending=(jnp.ones((b,), jnp.int32),) * num_drafts, pending_hidden=hiddens, last_token=last_token,
         out=jnp.full((b, max_new + gamma + 1), pad_id, jnp.int32), n_out=zeros_b,
         done=jnp.zeros((b,), jnp.bool_), rng=rng, prev_scores=jnp.zeros((b, num_drafts)),
         counters=_Counters(jnp.int32(0), zeros_b, zeros_b, zeros_b, zeros_b,
@@ -134,8 +145,9 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
     def chain_round(s, k_draft, k_accept):
       """gamma drafts from one drafter (routed per row among several); verified as a chain."""
       with jax.named_scope("draft_propose"):
-        props = [_propose(d, c, p, n, k, gamma, greedy, temperature) for d, c, p, n, k in zip(
-            drafts, s.draft_caches, s.pending, s.n_pending, jax.random.split(k_draft, num_drafts))]
+        props = [_propose(d, c, p, n, h, k, gamma, greedy, temperature) for d, c, p, n, h, k in zip(
+            drafts, s.draft_caches, s.pending, s.n_pending, s.pending_hidden,
+            jax.random.split(k_draft, num_drafts))]
       all_tokens = jnp.stack([p[0] for p in props])  # [K, B, G]
       all_logits = jnp.stack([p[1] for p in props])  # [K, B, G, V]
       if num_drafts == 1:
@@ -146,7 +158,7 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
       d_tokens, d_logits = _pick(all_tokens, choice), _pick(all_logits, choice)
       verify_in = jnp.concatenate([s.last_token[:, None], d_tokens], axis=1)
       with jax.named_scope("target_verify"):
-        t_logits, t_cache = target.forward_cached(verify_in, s.target_cache)
+        t_logits, t_cache, *feats = target.forward_cached(verify_in, s.target_cache, feature_layers=layers)
       with jax.named_scope("accept_and_advance"):
         if greedy:
           n, t_next = acceptance.greedy(d_tokens, t_logits)
@@ -162,17 +174,23 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
         return t_cache.with_lengths(jnp.where(active, old + 1 + n, old))
 
       def advance_drafts(realised, n, active):
-        caches, pendings, n_pendings = [], [], []
+        caches, pendings, n_pendings, hiddens = [], [], [], []
         pos = jnp.arange(gamma - 1)[None, :]
         for k in range(num_drafts):
           keep = acceptance.accepted_prefix((all_tokens[k][:, : gamma - 1] == realised[:, : gamma - 1])
                                             & (pos < n[:, None]))
+          if featured[k]:  # re-feed every realised token with the target's features
+            keep = jnp.zeros_like(keep)
+            hiddens.append(proposer.feature_pending(drafts[k], feats[0], layers,
+                                                    jnp.broadcast_to(jnp.arange(width), (b, width)), width))
+          else:
+            hiddens.append(None)
           old = s.draft_caches[k].lengths
           caches.append(props[k][2].with_lengths(jnp.where(active, old + s.n_pending[k] + keep, old)))
           idx = jnp.minimum(keep[:, None] + jnp.arange(width)[None, :], gamma)
           pendings.append(jnp.take_along_axis(realised, idx, axis=1))
           n_pendings.append(n + 1 - keep)
-        return caches, pendings, n_pendings
+        return caches, pendings, n_pendings, hiddens
 
       supplied = jax.nn.one_hot(choice, num_drafts, dtype=jnp.int32)
       nodes = jnp.full((b,), gamma, jnp.int32)
@@ -181,14 +199,16 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
     def tree_round(s, k_draft, k_accept):
       """One dynamic tree per drafter, merged, verified in one target pass (sampling/tree.py)."""
       with jax.named_scope("draft_propose"):
-        grown = [tree_lib.draft_tree(d, c, p, n, k, spec, greedy, temperature) for d, c, p, n, k in zip(
-            drafts, s.draft_caches, s.pending, s.n_pending, jax.random.split(k_draft, num_drafts))]
+        grown = [tree_lib.draft_tree(d, c, p, n, h, k, spec, greedy, temperature) for d, c, p, n, h, k in zip(
+            drafts, s.draft_caches, s.pending, s.n_pending, s.pending_hidden,
+            jax.random.split(k_draft, num_drafts))]
         trees = [g[0] for g in grown]
         forest = tree_lib.merge(trees, spec)
       with jax.named_scope("target_verify"):
         verify_in, positions, mask = tree_lib.verify_inputs(forest, s.last_token, s.target_cache.lengths,
                                                             cache_size, spec.depth)
-        t_logits, t_cache = target.forward_cached(verify_in, s.target_cache, positions=positions, mask=mask)
+        t_logits, t_cache, *feats = target.forward_cached(verify_in, s.target_cache, positions=positions,
+                                                          mask=mask, feature_layers=layers)
       with jax.named_scope("accept_and_advance"):
         n, path, t_next = tree_lib.accept(k_accept, forest, t_logits, spec, greedy, temperature, num_drafts)
       d_tokens = jnp.where(path >= 0, jnp.take_along_axis(forest.tokens, jnp.maximum(path, 0), axis=1), pad_id)
@@ -199,17 +219,22 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
         return moved.with_lengths(jnp.where(active, old + 1 + n, old))
 
       def advance_drafts(realised, n, active):
-        caches, pendings, n_pendings = [], [], []
+        caches, pendings, n_pendings, hiddens = [], [], [], []
         start = 0
         for k in range(num_drafts):
           cache, pend, n_pend = tree_lib.advance_drafter(grown[k][1], forest, trees[k], k, start, path,
-                                                         jnp.where(active, n, 0), realised)
+                                                         jnp.where(active, n, 0), realised, featured[k])
+          if featured[k]:  # the root, then the path's nodes in the verification pass
+            index = jnp.concatenate([jnp.zeros((b, 1), jnp.int32), 1 + jnp.maximum(path, 0)], axis=1)
+            hiddens.append(proposer.feature_pending(drafts[k], feats[0], layers, index, width))
+          else:
+            hiddens.append(None)
           old = s.draft_caches[k].lengths
           caches.append(cache.with_lengths(jnp.where(active, cache.lengths, old)))
           pendings.append(pend)
           n_pendings.append(n_pend)
           start += trees[k].tokens.shape[1]
-        return caches, pendings, n_pendings
+        return caches, pendings, n_pendings, hiddens
 
       supplied = jnp.stack([tree_lib.holds_path(forest, k, path) & (n > 0) for k in range(num_drafts)], axis=1)
       nodes = jnp.sum(forest.valid & (forest.canon == jnp.arange(forest.tokens.shape[1])), axis=1)
@@ -239,9 +264,11 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
 
       t_cache = advance_target(n, active)
       last_token = jnp.where(active, t_next, s.last_token)
-      caches, pendings, n_pendings = advance_drafts(realised, n, active)
+      caches, pendings, n_pendings, hiddens = advance_drafts(realised, n, active)
       pendings = [jnp.where(active[:, None], p, old) for p, old in zip(pendings, s.pending)]
       n_pendings = [jnp.where(active, p, old) for p, old in zip(n_pendings, s.n_pending)]
+      hiddens = [None if h is None else jnp.where(active[:, None, None], h, old)
+                 for h, old in zip(hiddens, s.pending_hidden)]
 
       # statistics over usable proposals
       acc_eos = dist.is_eos(d_tokens, eos_ids) & (pos[:, :gamma] < n[:, None])
@@ -259,8 +286,8 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
           tvd_sum=c.tvd_sum + jnp.sum(jnp.where(gpos < tested[:, None], tvd, 0.0)),
           routed=c.routed + jnp.sum(jnp.where(active[:, None], supplied, 0), axis=0),
           nodes=c.nodes + jnp.sum(jnp.where(active, nodes, 0)))
-      return _State(t_cache, tuple(caches), tuple(pendings), tuple(n_pendings), last_token, out,
-                    n_out, done, rng, scores, counters)
+      return _State(t_cache, tuple(caches), tuple(pendings), tuple(n_pendings), tuple(hiddens), last_token,
+                    out, n_out, done, rng, scores, counters)
 
     final = jax.lax.while_loop(cond, body, init)
     return final.out[:, :max_new], final.n_out, final.counters
@@ -310,6 +337,9 @@ def check_pair(target, draft, gamma: int) -> None:
   if tv != dv:
     raise ValueError(f"draft vocab_size={dv} != target vocab_size={tv}: speculative decoding needs "
                      "draft and target to share one tokenizer/vocabulary")
+  problem = proposer.check_feature_draft(target, draft)
+  if problem:
+    raise ValueError(problem)
 
 
 def run_speculative(target, drafts, prompts, max_new_tokens: int, gamma: int, temperature: float,

@@ -71,6 +71,7 @@ import jax
 import jax.numpy as jnp
 
 from specdistill_jax.sampling import distributions as dist
+from specdistill_jax.sampling import proposer
 from specdistill_jax.sampling.autoregressive import last_valid
 
 _TIE = 1e-6  # a child scores strictly below its parent, and later siblings below earlier ones
@@ -157,9 +158,13 @@ def _take(x, idx):
   return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def draft_tree(model, cache, pending, n_pending, key, spec: TreeSpec, greedy: bool, temperature):
-  """Feed the pending tokens, then draft a dynamic tree. -> (DraftTree, cache rolled back to base)."""
-  logits, cache = model.forward_cached(pending, cache, num_valid=n_pending)
+def draft_tree(model, cache, pending, n_pending, hidden, key, spec: TreeSpec, greedy: bool, temperature):
+  """Feed the pending tokens, then draft a dynamic tree. -> (DraftTree, cache rolled back to base).
+
+  hidden: the pending tokens' hidden inputs (a feature draft) or None; a feature draft's
+  node reads its parent's output state (sampling/proposer.py).
+  """
+  logits, cache, states = proposer.feed(model, pending, cache, n_pending, hidden=hidden)
   base = cache.lengths
   logq = _log_probs(last_valid(logits, n_pending)[:, None], greedy, temperature)  # [B, 1, V]
   b, k, depth = pending.shape[0], spec.top_k, spec.depth
@@ -181,8 +186,15 @@ def draft_tree(model, cache, pending, n_pending, key, spec: TreeSpec, greedy: bo
     f_anc = _take(anc, f_local) | jax.nn.one_hot(slot, window, dtype=jnp.bool_)[None]
     fed = fed.at[jnp.arange(b)[:, None], offset + f_local].set(jnp.where(f_ok, slot[None], -1))
     positions = jnp.broadcast_to((base - 1 + level)[:, None], (b, k))
-    lg, cache = model.forward_cached(f_tok, cache.with_lengths(base + (level - 1) * k), positions=positions,
-                                     mask=window_mask(base, f_anc, cache.size))
+    if states is None:
+      f_hidden = None
+    elif level == 1:  # children of the root read the state of the last pending token
+      f_hidden = jnp.broadcast_to(last_valid(states, n_pending)[:, None], (b, k, states.shape[-1]))
+    else:  # a node of this level is a child of node f_local // k of the previous frontier
+      f_hidden = _take(states, f_local // k)
+    lg, cache, states = proposer.feed(model, f_tok, cache.with_lengths(base + (level - 1) * k),
+                                      hidden=f_hidden, positions=positions,
+                                      mask=window_mask(base, f_anc, cache.size))
     logq = _log_probs(lg, greedy, temperature)  # [B, k, V]
     q_rows.append(logq)
     c_tok, c_est, c_ok = _children(keys[level], logq, k, greedy)  # [B, k, k]
@@ -328,12 +340,15 @@ def compact_target(cache, lengths, path, n):
   return cache.compact(lengths[:, None] + 1 + jnp.maximum(path, 0), lengths + 1, n).with_lengths(lengths + 1 + n)
 
 
-def advance_drafter(cache, forest: Forest, tree: DraftTree, drafter: int, start: int, path, n, realised):
+def advance_drafter(cache, forest: Forest, tree: DraftTree, drafter: int, start: int, path, n, realised,
+                    reads_features: bool = False):
   """A drafter's cache after the round, and its pending tokens.
 
   The leading path nodes that this drafter fed (its own node with the same path
   was expanded) keep their K/V, moved to consecutive slots; the rest of the path
-  and the next token become pending. -> (cache, pending [B, depth+1], n_pending)
+  and the next token become pending. A feature draft keeps none (its nodes read
+  draft states; the path is re-fed with target features).
+  -> (cache, pending [B, depth+1], n_pending)
   """
   mine = forest.drafter == drafter  # [B, M]
   depth = path.shape[1]
@@ -342,6 +357,8 @@ def advance_drafter(cache, forest: Forest, tree: DraftTree, drafter: int, start:
   local = jnp.argmax(same, axis=2) - start  # [B, depth]
   fed = jnp.where(same.any(2), jnp.take_along_axis(tree.fed, jnp.clip(local, 0, tree.fed.shape[1] - 1), 1), -1)
   keep = jnp.sum(jnp.cumprod((fed >= 0) & (jnp.arange(depth)[None] < n[:, None]), axis=1), axis=1)
+  if reads_features:
+    keep = jnp.zeros_like(keep)
   cache = cache.compact(tree.base[:, None] + jnp.maximum(fed, 0), tree.base, keep).with_lengths(tree.base + keep)
   idx = jnp.minimum(keep[:, None] + jnp.arange(depth + 1)[None], depth)
   return cache, jnp.take_along_axis(realised, idx, axis=1), n + 1 - keep

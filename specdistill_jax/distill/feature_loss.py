@@ -1,0 +1,108 @@
+"""The training-time-test loss of a feature draft (EAGLE-3 / HASS), with any divergence.
+
+One target forward (frozen) gives the features the draft reads and the
+teacher's next-token logits. The draft is unrolled `ttt_steps` positions ahead
+(`FeatureDraft.unroll`): step s at entry i predicts token i+2+s and is compared
+with the target's distribution at position i+1+s, restricted to the draft
+vocabulary and renormalised there (the draft cannot put mass elsewhere; a
+target token outside the draft vocabulary simply has q = 0 at decoding time).
+
+Per-token values come back flattened over (step, token) with each step's
+weight folded in: step s weighs ttt_decay**s, normalised so the weights
+average 1 over the steps (speculators' `ttt_step_loss_decay`; the default 1.0
+weighs every step equally). A position counts if its chain stays inside one
+sequence and its predicted token is a response token (loss_mask).
+
+Losses: fkl / rkl / jsd / tvd against the target (divergences.py), 'ce' on the
+data's tokens mapped into the draft vocabulary (tokens outside it are skipped),
+and 'adaspec' (selective KD) with a reference feature draft unrolled alike.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from specdistill_jax.distill import divergences as div
+
+
+def step_weights(steps: int, decay: float) -> np.ndarray:
+  """Weights of the unrolled steps: decay**s, normalised to mean 1."""
+  if int(steps) != steps or steps < 1:
+    raise ValueError(f"ttt_steps={steps} must be an integer >= 1")
+  if not 0.0 < decay <= 1.0:
+    raise ValueError(f"ttt_decay={decay} must be in (0, 1]")
+  w = decay ** np.arange(steps, dtype=np.float64)
+  return (w * steps / w.sum()).astype(np.float32)
+
+
+def _shift(x, s: int, total: int):
+  """x [B, T, ...] -> [B, total, ...]: entry i holds x[:, i + s] (zero past the end)."""
+  part = x[:, s:s + total]
+  pad = total - part.shape[1]
+  return jnp.pad(part, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)) if pad else part
+
+
+def draft_token_ids(draft, tokens):
+  """Target token ids -> draft-vocabulary ids (-1 where the draft vocabulary lacks the token)."""
+  if draft.draft_ids is None:
+    return tokens
+  t2d = np.full((draft.config.vocab_size,), -1, np.int32)
+  t2d[np.asarray(draft.draft_ids)] = np.arange(len(draft.draft_ids), dtype=np.int32)
+  return jnp.asarray(t2d)[tokens]
+
+
+def feature_token_values(objective, graphdef, params, batch, target, reference=None,
+                         with_nll: bool = False) -> tuple[dict, jax.Array]:
+  """Per-(step, token) values [S * B * (T-1)] and their mask, like step.token_values."""
+  draft = nnx.merge(graphdef, params)
+  t_model = nnx.merge(*target)
+  tokens, seg = batch["tokens"], batch["segment_ids"]
+  t_h, feats = t_model.hidden(tokens, positions=batch["positions"], segment_ids=seg,
+                              feature_layers=draft.feature_layers)
+  feats, t_h = jax.lax.stop_gradient(feats), jax.lax.stop_gradient(t_h)
+  steps = objective.ttt_steps
+  logits, chain_ok = draft.unroll(tokens, feats, steps, segment_ids=seg)  # [S, B, T-1, Vd]
+  ref_logits = None
+  if objective.loss == "adaspec":
+    ref_logits = jax.lax.stop_gradient(nnx.merge(*reference).unroll(tokens, feats, steps, segment_ids=seg)[0])
+  n = tokens.shape[1] - 1
+  ids = None if draft.draft_ids is None else jnp.asarray(np.asarray(draft.draft_ids))
+  weights = step_weights(steps, objective.ttt_decay)
+  out: dict = {}
+  masks = []
+  t = objective.temperature
+  teacher_all = t_model.project(t_h)
+  if ids is not None:
+    teacher_all = teacher_all[..., ids]
+  for s in range(steps):
+    # step s at entry i: teacher at position i+1+s, predicted token at i+2+s
+    teacher = _shift(teacher_all, 1 + s, n)
+    predicted = _shift(tokens, 2 + s, n)
+    mask = chain_ok[s] & (_shift(batch["loss_mask"], 2 + s, n) > 0)
+    student = logits[s]
+    d_target = draft_token_ids(draft, predicted)
+    log_q_raw = jax.nn.log_softmax(student.astype(jnp.float32), -1)
+    # tokens outside the draft vocabulary (q = 0) count 0 in the CE metric, and 'ce' skips them
+    nll = jnp.where(d_target >= 0, -jnp.take_along_axis(log_q_raw, jnp.maximum(d_target, 0)[..., None], -1)[..., 0],
+                    0.0)
+    log_p, log_q = div.log_probs(student, teacher, t)
+    values = {"tvd": jax.lax.stop_gradient(div.tvd(log_p, log_q))}
+    if with_nll:
+      values["nll"] = nll
+    if objective.loss == "ce":
+      values["loss"] = nll
+      mask = mask & (d_target >= 0)
+    elif objective.loss == "adaspec":
+      _, log_r = div.log_probs(ref_logits[s], teacher, t)
+      values["loss"] = div.kl(log_p, log_q)
+      values["delta"] = jax.lax.stop_gradient(values["loss"] - div.kl(log_p, log_r))
+    else:
+      values["loss"] = div.token_divergence(objective.loss, log_p, log_q, objective.beta)
+    values["loss"] = values["loss"] * weights[s]
+    for k, v in values.items():
+      out.setdefault(k, []).append(v.reshape(-1))
+    masks.append(mask.reshape(-1).astype(jnp.float32))
+  return {k: jnp.concatenate(v) for k, v in out.items()}, jnp.concatenate(masks)

@@ -1,0 +1,257 @@
+"""EAGLE-3 feature drafters: a small decoder that reads the target's hidden states.
+
+Architecture (EAGLE-3; the tensor layout of speculators' `eagle3` model, which
+vLLM and SGLang load; `models/eagle3_io.py` writes and reads it):
+
+* the target's residual stream at three layers (low / middle / high:
+  (2, L/2, L-3) as EAGLE-3 and speculators pick them), concatenated
+  [.., 3 D] and projected by `fc` (no bias) to D;
+* the first decoder layer reads 2 D: q/k/v see cat(input_norm(embed(token)),
+  hidden_norm(h)); its residual stream starts from h. Further layers are plain
+  pre-norm blocks. The draft's own layer output (before the final norm) is
+  the `state` a later token reads in place of target features;
+* final norm, then an LM head over a reduced draft vocabulary (`draft_ids`,
+  the most frequent tokens of the training data; None = the full vocabulary).
+  Logits come back over the *target* vocabulary with q = 0 outside the draft
+  vocabulary, so speculative decoding with it stays exact.
+
+Sequence bookkeeping. The draft's entry j pairs the target feature of
+position j with the token at position j+1 and predicts token j+2: the target
+feature that predicted a token travels with it. At inference a proposed token
+has no target feature yet and reads the state of the draft entry that
+proposed it (EAGLE's inference rule); after verification the accepted tokens
+are fed again with the target's own features (sampling/proposer.py).
+
+Training-time test (`unroll`, EAGLE-3 / HASS): the draft is unrolled `steps`
+positions ahead on a training sequence. Step 0 at entry i reads (f_i, x_{i+1});
+step s reads (g^{s-1}_i, x_{i+1+s}) where g^{s-1}_i is step s-1's state at the
+same entry, and predicts x_{i+2+s}. Its queries see step 0's keys of entries
+<= i (real features) and the keys of steps 1..s at entry i itself: exactly
+what the draft sees at inference after proposing s tokens from entry i
+(tests/models/test_feature_draft.py checks the two agree).
+
+The embedding is the target's, shared and frozen: it is stored as
+`frozen_embed`, which the optimiser never updates (distill/state.py).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from specdistill_jax.models import kv_cache as kvc
+from specdistill_jax.models.config import ModelConfig
+from specdistill_jax.models.transformer import (MLP, Attention, Block, RMSNorm, _mm, _param,
+                                                check_feature_layers)
+
+_NEG = -1e30  # logit of a target token outside the draft vocabulary (q = 0)
+
+
+def default_feature_layers(num_layers: int) -> tuple[int, ...]:
+  """EAGLE-3's low / middle / high layers: (2, L//2, L-3); small targets: {0, L//2, L}."""
+  if num_layers >= 6:
+    return (2, num_layers // 2, num_layers - 3)
+  return tuple(sorted({0, num_layers // 2, num_layers}))
+
+
+def select_draft_vocab(token_counts, size: int, always: Sequence[int] = ()) -> tuple[int, ...]:
+  """The `size` most frequent token ids (ties: lower id first), always including `always`; sorted."""
+  counts = np.asarray(token_counts, np.float64)
+  vocab = counts.shape[0]
+  if int(size) != size or not 1 <= size <= vocab:
+    raise ValueError(f"draft_vocab_size={size} must be an integer in [1, {vocab}] (the target vocabulary)")
+  forced = [int(t) for t in always if 0 <= int(t) < vocab]
+  order = np.lexsort((np.arange(vocab), -counts))
+  chosen = list(dict.fromkeys(forced + [int(t) for t in order]))[: max(size, len(forced))]
+  return tuple(sorted(chosen))
+
+
+class FirstLayer(nnx.Module):
+  """EAGLE-3's first layer: attention over cat(norm(embeds), norm(h)) [2 D], residual from h."""
+
+  def __init__(self, config: ModelConfig, norm_before_residual: bool, *, rngs: nnx.Rngs):
+    self.norm_before_residual = norm_before_residual
+    self.attn_norm = RMSNorm(config, rngs=rngs)  # speculators: input_layernorm (on the embeddings)
+    self.hidden_norm = RMSNorm(config, rngs=rngs)
+    self.attn = Attention(config, 0, rngs=rngs, in_dim=2 * config.d_model)
+    self.mlp_norm = RMSNorm(config, rngs=rngs)
+    self.mlp = MLP(config, rngs=rngs)
+
+  def _split(self, x):
+    d = x.shape[-1] // 2
+    embeds, hidden = x[..., :d], x[..., d:]
+    normed = self.hidden_norm(hidden)
+    residual = normed if self.norm_before_residual else hidden
+    return jnp.concatenate([self.attn_norm(embeds), normed], -1), residual
+
+  def _finish(self, residual, h):
+    x = residual + h
+    return x + self.mlp(self.mlp_norm(x))
+
+  def cached(self, x, positions, keys, values, slots=None, mask=None):
+    inp, residual = self._split(x)
+    h, keys, values = self.attn.cached(inp, positions, keys, values, slots, mask)
+    return self._finish(residual, h), keys, values
+
+  def unrolled(self, x, positions, keys, values, mask):
+    inp, residual = self._split(x)
+    h, keys, values = self.attn.unrolled(inp, positions, keys, values, mask)
+    return self._finish(residual, h), keys, values
+
+
+class FeatureDraft(nnx.Module):
+  """An EAGLE-3 draft head. `config` describes its decoder layers (vocab_size = the target's)."""
+
+  reads_target_features = True
+
+  def __init__(self, config: ModelConfig, *, feature_layers: Sequence[int], target_layers: int,
+               draft_ids: Optional[Sequence[int]] = None, norm_before_residual: bool = False,
+               rngs: nnx.Rngs):
+    c = config
+    check_feature_layers(feature_layers, target_layers)
+    self.config = c
+    self.feature_layers = tuple(int(l) for l in feature_layers)
+    self.target_layers = int(target_layers)
+    self.draft_ids = None if draft_ids is None else tuple(int(t) for t in draft_ids)
+    self.norm_before_residual = bool(norm_before_residual)
+    if self.draft_ids is not None and (min(self.draft_ids) < 0 or max(self.draft_ids) >= c.vocab_size
+                                       or len(set(self.draft_ids)) != len(self.draft_ids)):
+      raise ValueError(f"draft_ids must be distinct target token ids in [0, {c.vocab_size})")
+    f = len(self.feature_layers) * c.d_model
+    self.frozen_embed = _param(rngs, (c.vocab_size, c.d_model), ("vocab", "embed"), c, 1.0)
+    self.fc = _param(rngs, (f, c.d_model), ("mlp", "embed"), c, f ** -0.5)
+    self.layers = nnx.List([FirstLayer(c, self.norm_before_residual, rngs=rngs)]
+                           + [Block(c, i, rngs=rngs) for i in range(1, c.num_layers)])
+    self.final_norm = RMSNorm(c, rngs=rngs)
+    self.lm_head = _param(rngs, (c.d_model, self.draft_vocab_size), ("embed", "vocab"), c, c.d_model ** -0.5)
+
+  @property
+  def draft_vocab_size(self) -> int:
+    return self.config.vocab_size if self.draft_ids is None else len(self.draft_ids)
+
+  @property
+  def feature_dim(self) -> int:
+    return len(self.feature_layers) * self.config.d_model
+
+  def project_features(self, features):
+    """Target features [..., len(feature_layers) * D] -> the first layer's hidden input [..., D]."""
+    return _mm("btf,fd->btd", features, self.fc[...], self.config.jnp_dtype)
+
+  def draft_logits(self, states):
+    """Layer outputs [B, T, D] -> fp32 logits over the draft vocabulary [B, T, draft_vocab_size]."""
+    return _mm("btd,dv->btv", self.final_norm(states), self.lm_head[...], self.config.jnp_dtype, jnp.float32)
+
+  def to_target_vocab(self, logits):
+    """Draft-vocabulary logits [..., Vd] -> target-vocabulary logits [..., V] (-1e30 outside)."""
+    if self.draft_ids is None:
+      return logits
+    full = jnp.full(logits.shape[:-1] + (self.config.vocab_size,), _NEG, logits.dtype)
+    return full.at[..., np.asarray(self.draft_ids)].set(logits)
+
+  def _inputs(self, tokens, hidden):
+    embeds = jnp.take(self.frozen_embed[...], tokens, axis=0).astype(self.config.jnp_dtype)
+    return jnp.concatenate([embeds, hidden.astype(self.config.jnp_dtype)], -1)
+
+  def forward_cached(self, tokens, cache: kvc.KVCache, num_valid=None, *, hidden, positions=None, mask=None):
+    """Feed tokens [B, T] with their hidden inputs [B, T, D] (projected target features or draft
+    states) at each row's cache offset, as `Transformer.forward_cached` does.
+
+    Returns (logits [B, T, V] over the target vocabulary, cache, states [B, T, D]).
+    """
+    b, t = tokens.shape
+    if num_valid is None:
+      num_valid = jnp.full((b,), t, jnp.int32)
+    slots = kvc.write_positions(cache.lengths, t)
+    positions = slots if positions is None else positions
+    x = self._inputs(tokens, hidden)
+    keys, values = [], []
+    for layer, k, v in zip(self.layers, cache.keys, cache.values):
+      x, k, v = layer.cached(x, positions, k, v, slots, mask)
+      keys.append(k)
+      values.append(v)
+    new_cache = kvc.KVCache(tuple(keys), tuple(values), cache.lengths + num_valid.astype(jnp.int32))
+    return self.to_target_vocab(self.draft_logits(x)), new_cache, x
+
+  def unroll(self, tokens, features, steps: int, segment_ids=None):
+    """Training-time test over full sequences (see the module docstring).
+
+    tokens [B, T], features [B, T, F] (the target's, position by position),
+    segment_ids [B, T] (0 = padding; packed rows never mix). Returns draft-vocabulary
+    logits [steps, B, T-1, Vd]: step s at entry i predicts token i+2+s; and the
+    mask [steps, B, T-1] of entries whose whole chain lies inside one segment.
+    """
+    b, t = tokens.shape
+    if segment_ids is None:
+      segment_ids = jnp.ones((b, t), jnp.int32)
+    n = t - 1
+    idx = jnp.arange(n)
+    seg = segment_ids
+    pair_ok = (seg[:, 1:] != 0) & (seg[:, 1:] == seg[:, :-1])  # f_i and x_{i+1} in one sequence
+    same = (seg[:, :-1][:, :, None] == seg[:, :-1][:, None, :]) & pair_ok[:, None, :]
+    causal = same & (idx[None, :, None] >= idx[None, None, :])
+    diagonal = jnp.broadcast_to(jnp.eye(n, dtype=jnp.bool_), (b, n, n))
+    h = self.project_features(features[:, :-1])
+    cache = [(jnp.zeros((b, 0) + k_shape, self.config.jnp_dtype),) * 2 for k_shape in self._kv_shapes()]
+    logits, masks = [], []
+    mask = causal
+    for s in range(steps):
+      tok = jnp.pad(tokens[:, 1 + s:], ((0, 0), (0, s)))
+      positions = jnp.broadcast_to(idx + 1 + s, (b, n))
+      x = self._inputs(tok, h)
+      new_cache = []
+      for layer, (k, v) in zip(self.layers, cache):
+        x, k, v = layer.unrolled(x, positions, k, v, mask)
+        new_cache.append((k, v))
+      cache, h = new_cache, x
+      logits.append(self.draft_logits(x))
+      # the chain from entry i reaches position i+1+s: it must exist and stay in entry i's sequence
+      reach = jnp.pad(seg[:, 1 + s:], ((0, 0), (0, s)))
+      masks.append(pair_ok & (reach == seg[:, 1:]))
+      mask = jnp.concatenate([mask, diagonal], axis=2)
+    return jnp.stack(logits), jnp.stack(masks)
+
+  def _kv_shapes(self):
+    c = self.config
+    return [(c.num_kv_heads, c.head_dim)] * c.num_layers
+
+  def init_cache(self, batch: int, size: int) -> kvc.KVCache:
+    c = self.config
+    return kvc.KVCache.create(c.num_layers, batch, size, c.num_kv_heads, c.head_dim, c.jnp_dtype)
+
+
+def create_feature_draft(target_config: ModelConfig, *, num_layers: int = 1,
+                         feature_layers: Optional[Sequence[int]] = None, draft_vocab_size: Optional[int] = None,
+                         seed: int = 0, target=None, token_counts=None, norm_before_residual: bool = False,
+                         dtype: Optional[str] = None, param_dtype: Optional[str] = None) -> FeatureDraft:
+  """A randomly initialised EAGLE-3 draft for a target with `target_config`.
+
+  num_layers: decoder layers (the first reads 2 D). feature_layers: target layer ids
+  (default `default_feature_layers`). draft_vocab_size: None = the full vocabulary, else
+  the most frequent ids of `token_counts` [V] (plus the eos ids); without counts, the
+  first ids. target: copy its embedding (the draft reads the target's token embedding).
+  """
+  if int(num_layers) != num_layers or num_layers < 1:
+    raise ValueError(f"num_layers={num_layers} must be an integer >= 1")
+  tc = target_config
+  feature_layers = tuple(feature_layers) if feature_layers is not None else default_feature_layers(tc.num_layers)
+  check_feature_layers(feature_layers, tc.num_layers)
+  config = tc.replace(num_layers=int(num_layers), dtype=dtype or tc.dtype, param_dtype=param_dtype or tc.param_dtype,
+                      tie_embeddings=False, sliding_window=None, sliding_window_layers=None)
+  draft_ids = None
+  if draft_vocab_size is not None and draft_vocab_size != tc.vocab_size:
+    counts = token_counts if token_counts is not None else np.arange(tc.vocab_size, 0, -1)
+    if np.asarray(counts).shape != (tc.vocab_size,):
+      raise ValueError(f"token_counts has shape {np.asarray(counts).shape}; expected ({tc.vocab_size},), "
+                       "one count per target token id")
+    draft_ids = select_draft_vocab(counts, draft_vocab_size, tc.eos_token_ids)
+  draft = FeatureDraft(config, feature_layers=feature_layers, target_layers=tc.num_layers, draft_ids=draft_ids,
+                       norm_before_residual=norm_before_residual, rngs=nnx.Rngs(seed))
+  if target is not None:
+    if target.config.vocab_size != tc.vocab_size or target.config.d_model != tc.d_model:
+      raise ValueError("target does not match target_config (vocab_size / d_model)")
+    draft.frozen_embed.value = jnp.array(target.embed[...], config.jnp_param_dtype, copy=True)
+  return draft

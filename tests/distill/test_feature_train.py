@@ -1,0 +1,59 @@
+"""Training an EAGLE-3 feature draft through the Trainer: the TTT loss falls, the shared target
+embedding stays frozen, and the export is the speculators eagle3 format."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from specdistill_jax import models
+from specdistill_jax.distill import step as step_lib
+from specdistill_jax.distill.train import Trainer
+from tests.distill.helpers import micro_config
+
+
+def _feature_config(data_dir, source, loss, steps=10):
+  cfg = micro_config(data_dir, source, loss, steps=steps)
+  cfg.draft.kind = "feature"
+  cfg.draft.feature.draft_vocab_size = 512
+  cfg.draft.feature.vocab_batches = 4
+  cfg.objective.ttt_steps = 3
+  return cfg
+
+
+@pytest.mark.parametrize("source,loss", [("teacher_offline", "fkl"), ("fixed", "tvd")])
+def test_feature_draft_training_lowers_the_unrolled_loss(small_data, tmp_path, source, loss):
+  cfg = _feature_config(small_data[0], source, loss)
+  cfg.export_hf = "hf" if source == "teacher_offline" else ""
+  trainer = Trainer(cfg, str(tmp_path))
+  draft = trainer.draft_model()
+  assert isinstance(draft, models.FeatureDraft) and draft.draft_vocab_size == 512
+  embed = np.asarray(trainer.parts.target.embed[...])
+  np.testing.assert_array_equal(draft.frozen_embed[...], embed)
+  batch = {k: jnp.asarray(v) for k, v in trainer.parts.source.batch(0).items()}
+  target = (trainer.target_graphdef, trainer.target_params)
+
+  def loss_of(params):
+    return float(step_lib.compute_loss(trainer.parts.objective, trainer.graphdef, params, batch, target)[0])
+
+  before = loss_of(jax.device_get(trainer.state.params))
+  result = trainer.run()
+  after = loss_of(jax.device_get(trainer.state.params))
+  assert after < before, (before, after)
+  assert {"alpha", "tau", "acceptance_proxy"} <= set(trainer.evaluate())
+  np.testing.assert_array_equal(trainer.draft_model().frozen_embed[...], embed)  # never updated
+  if cfg.export_hf:
+    meta = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert meta["speculators_model_type"] == "eagle3" and meta["draft_vocab_size"] == 512
+    loaded = models.load_hf(str(tmp_path / "hf"))
+    assert loaded.draft_ids == trainer.draft_model().draft_ids
+  trainer.close()
+  assert result["step"] == cfg.train.steps
+
+
+def test_feature_draft_with_a_draft_only_source_is_named(small_data, tmp_path):
+  cfg = _feature_config(small_data[0], "on_policy", "fkl")
+  with pytest.raises(ValueError, match="samples from the draft alone"):
+    Trainer(cfg, str(tmp_path))

@@ -1,0 +1,94 @@
+"""EAGLE-3 feature drafts: target features, the training-time-test unroll == inference, vocab maps."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from specdistill_jax import models
+from tests.sampling.helpers import tiny
+from tests.tolerances import fp32_atol
+
+
+def _pair(vocab=50, draft_vocab=30, layers=2):
+  target = tiny(vocab=vocab, seed=0)
+  counts = np.random.RandomState(0).rand(vocab)
+  draft = models.create_feature_draft(target.config, num_layers=layers, draft_vocab_size=draft_vocab,
+                                      target=target, token_counts=counts, seed=3)
+  return target, draft
+
+
+def test_target_features_from_full_and_cached_forward_agree_and_leave_logits_unchanged():
+  target = tiny(vocab=50)
+  tokens = jnp.asarray(np.random.RandomState(1).randint(0, 50, (2, 9)), jnp.int32)
+  layers = (0, 1, 2)
+  h, feats = target.hidden(tokens, feature_layers=layers)
+  assert feats.shape == (2, 9, 3 * target.config.d_model)
+  np.testing.assert_array_equal(feats[..., -target.config.d_model:], h)  # id num_layers: final hidden
+  np.testing.assert_array_equal(target(tokens), target.project(h))
+  cache = target.init_cache(2, 16)
+  logits, _, cached = target.forward_cached(tokens, cache, feature_layers=layers)
+  plain, _ = target.forward_cached(tokens, cache)
+  np.testing.assert_array_equal(logits, plain)
+  np.testing.assert_allclose(cached, feats, atol=fp32_atol(feats, target.config.d_model, 3))
+
+
+def test_training_time_test_unroll_equals_cached_inference_chain():
+  """Step s of `unroll` at entry i == feeding entries 0..i with target features, then s
+  tokens that each read the previous token's draft state (EAGLE's inference rule)."""
+  target, draft = _pair()
+  rng = np.random.RandomState(2)
+  tokens = jnp.asarray(rng.randint(0, 50, (1, 12)), jnp.int32)
+  _, feats = target.hidden(tokens, feature_layers=draft.feature_layers)
+  steps = 3
+  unrolled, mask = draft.unroll(tokens, feats, steps)
+  assert unrolled.shape == (steps, 1, 11, draft.draft_vocab_size)
+  ids = np.asarray(draft.draft_ids)
+  h = draft.project_features(feats)
+  for i in (0, 4, 7):
+    cache = draft.init_cache(1, 32)
+    logits, cache, states = draft.forward_cached(tokens[:, 1:i + 2], cache, hidden=h[:, :i + 1])
+    got = [logits[:, -1]]
+    state = states[:, -1:]
+    for s in range(1, steps):
+      logits, cache, state = draft.forward_cached(tokens[:, i + 1 + s:i + 2 + s], cache, hidden=state)
+      got.append(logits[:, -1])
+    for s in range(steps):
+      want = unrolled[s, 0, i]
+      assert bool(mask[s, 0, i])
+      np.testing.assert_allclose(got[s][0, ids], want, atol=fp32_atol(want, 2 * target.config.d_model, 4))
+      outside = np.setdiff1d(np.arange(50), ids)
+      assert float(jnp.max(got[s][0, outside])) < -1e29  # q = 0 outside the draft vocabulary
+  assert not bool(mask[2, 0, 9])  # step 2 from entry 9 would predict token 13 of 12
+
+
+def test_unroll_keeps_packed_sequences_apart():
+  target, draft = _pair()
+  rng = np.random.RandomState(3)
+  a, b = rng.randint(0, 50, (1, 6)), rng.randint(0, 50, (1, 5))
+  packed = jnp.asarray(np.concatenate([a, b], 1), jnp.int32)
+  seg = jnp.asarray([[1] * 6 + [2] * 5], jnp.int32)
+  _, feats = target.hidden(packed, segment_ids=seg, feature_layers=draft.feature_layers)
+  out, mask = draft.unroll(packed, feats, 2, segment_ids=seg)
+  alone, _ = draft.unroll(jnp.asarray(b, jnp.int32), feats[:, 6:], 2)
+  # the second sequence's entries see nothing of the first
+  np.testing.assert_allclose(out[0, 0, 6:], alone[0, 0], atol=fp32_atol(alone, 2 * target.config.d_model, 4))
+  assert not bool(mask[0, 0, 5])  # entry 5 pairs a's last feature with b's first token
+  assert not bool(mask[1, 0, 4])  # step 1 from entry 4 would reach into b
+
+
+def test_draft_vocabulary_is_the_most_frequent_tokens_plus_eos():
+  counts = np.array([5, 0, 9, 9, 1, 7])
+  assert models.select_draft_vocab(counts, 3, always=(1,)) == (1, 2, 3)
+  assert models.select_draft_vocab(counts, 4) == (0, 2, 3, 5)
+  with pytest.raises(ValueError, match="draft_vocab_size=7"):
+    models.select_draft_vocab(counts, 7)
+
+
+def test_bad_feature_draft_arguments_are_named():
+  cfg = tiny(vocab=50).config
+  with pytest.raises(ValueError, match="feature_layers=\\(0, 5\\)"):
+    models.create_feature_draft(cfg, feature_layers=(0, 5))
+  with pytest.raises(ValueError, match="num_layers=0"):
+    models.create_feature_draft(cfg, num_layers=0)
+  with pytest.raises(ValueError, match="token_counts has shape"):
+    models.create_feature_draft(cfg, draft_vocab_size=10, token_counts=np.ones(7))
