@@ -177,6 +177,8 @@ def train_config() -> ml_collections.ConfigDict:
       chunk_tokens=128,  # tokens per loss chunk (logits never materialised for all tokens); 0 = off
       ttt_steps=3,  # feature drafts: positions unrolled ahead in training (training-time test)
       ttt_decay=1.0,  # feature drafts: weight of unrolled step s is ttt_decay**s (normalised)
+      ttt_inputs="data",  # feature drafts: 'data' (teacher forcing) or 'draft' (on-policy, Draft-OPD)
+      ttt_temperature=1.0,  # feature drafts, on-policy: sampling temperature of the proposals
   ))
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-3, warmup_steps=50, weight_decay=0.01, clip_norm=1.0, b1=0.9, b2=0.95,

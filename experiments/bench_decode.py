@@ -34,6 +34,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
+from flax import nnx  # noqa: E402
 
 from specdistill_jax import loading, models, sampling  # noqa: E402
 from specdistill_jax.evaluate import step_seconds, theoretical_speedup  # noqa: E402
@@ -197,12 +198,16 @@ def main(argv=None):
                     f"{c:.3f} | {st['alpha']:.3f} | {st['tau']:.2f} | {theory:.2f} | {measured:.2f} | "
                     f"{measured / theory:.2f} | {v[gamma]:.2f} | {theory_v:.2f} | {measured / theory_v:.2f} |")
         print(rows[-1], flush=True)
-  if not args.skip_hf:
+  if getattr(draft, "reads_target_features", False):
+    hf_lines = ["| transformers assisted generation | not applicable: an EAGLE-3 feature drafter reads the "
+                "target's hidden states, which assisted generation does not pass | | | |"]
+  elif not args.skip_hf:
     g = args.hf_gamma
     hf_lines = ours_vs_transformers(target, draft, prompts, g, n_new, b1_greedy_tps.get(g, float("nan")))
     print("\n".join(hf_lines))
 
-  t_params, d_params = target.config.num_params(), draft.config.num_params()
+  t_params = target.config.num_params()
+  d_params = sum(x.size for x in jax.tree.leaves(nnx.state(draft, nnx.Param)))
   text = "\n".join([
       "# Decode benchmark: speculative vs autoregressive", "",
       f"Command: `python experiments/bench_decode.py --target {args.target} --draft {args.draft}"

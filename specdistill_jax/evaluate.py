@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from specdistill_jax import models, sampling
+from specdistill_jax.sampling import proposer
 
 
 def expected_tau(alpha: float, gamma: int) -> float:
@@ -47,7 +48,10 @@ def _step_program(graphdef, steps: int):
 
     def body(_, carry):
       c, t = carry
-      logits, c = model.forward_cached(t, c)
+      # a feature draft's step reads a hidden input per token (its previous state)
+      hidden = (jnp.zeros(t.shape + (model.config.d_model,), model.config.jnp_dtype)
+                if proposer.reads_features(model) else None)
+      logits, c, _ = proposer.feed(model, t, c, hidden=hidden)
       return c, jnp.argmax(logits, -1).astype(jnp.int32)
 
     return jax.lax.fori_loop(0, steps, body, (cache, token))

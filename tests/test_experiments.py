@@ -14,7 +14,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
-STUDIES = ("domain_shift", "divergence_grid", "domain_draft", "adaspec", "lossy", "taps")
+STUDIES = ("domain_shift", "divergence_grid", "domain_draft", "adaspec", "lossy", "taps", "feature_drafters")
 
 
 @pytest.mark.parametrize("study", STUDIES)
@@ -53,7 +53,10 @@ def test_benchmark_scripts_run(micro_world, tmp_path):
                    "--skip_world", "--specs", "2:2:3", "--gammas", "1", "--temperatures", "0", "--num_prompts", "1",
                    "--max_new_tokens", "4", "--repeats", "1", "--corpus_config", "small", "--pair", "micro/pair",
                    "--out", str(tmp_path / "tr.md"), "--json", str(tmp_path / "d.json")])
-  for name in ("m", "t", "d", "tr"):
+  import bench_features
+  bench_features.main(["--model", f"{world}/target_general/hf", "--dtypes", "float32", "--tokens", "1",
+                       "--out", str(tmp_path / "f.md")])
+  for name in ("m", "t", "d", "tr", "f"):
     assert "|---" in open(tmp_path / f"{name}.md").read()
   assert "identical ids 2/2" in open(tmp_path / "d.md").read()
   import json

@@ -251,7 +251,8 @@ def build(config, workdir: str) -> Components:
   o = config.objective
   objective = Objective(loss=loss, teacher="online" if feature else source.teacher, beta=o.beta,
                         temperature=o.temperature, adaspec_fraction=o.adaspec_fraction, feature=feature,
-                        ttt_steps=int(o.get("ttt_steps", 3)), ttt_decay=float(o.get("ttt_decay", 1.0)))
+                        ttt_steps=int(o.get("ttt_steps", 3)), ttt_decay=float(o.get("ttt_decay", 1.0)),
+                        ttt_inputs=o.get("ttt_inputs", "data"), ttt_temperature=float(o.get("ttt_temperature", 1.0)))
   if objective.needs_target and target is None:
     raise ValueError(f"loss {loss!r} on source {config.data.source!r} needs a target (config.target)")
   eval_text = text_source(config, chat, config.data.eval_corpora or config.data.corpora,

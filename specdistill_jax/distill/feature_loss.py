@@ -16,6 +16,13 @@ sequence and its predicted token is a response token (loss_mask).
 Losses: fkl / rkl / jsd / tvd against the target (divergences.py), 'ce' on the
 data's tokens mapped into the draft vocabulary (tokens outside it are skipped),
 and 'adaspec' (selective KD) with a reference feature draft unrolled alike.
+
+On-policy (objective.ttt_inputs = 'draft', Draft-OPD's idea): from every entry the
+draft proposes its own chain (step s >= 1 reads its sample from step s-1, as in a
+speculative round), the target is run over those proposals with the same
+block mask (`Transformer.with_proposals`, what a verification pass computes), and
+the loss is taken at every proposed position, accepted or not, against that
+target distribution. 'ce' and 'adaspec' are off-policy only.
 """
 
 from __future__ import annotations
@@ -55,8 +62,12 @@ def draft_token_ids(draft, tokens):
 
 
 def feature_token_values(objective, graphdef, params, batch, target, reference=None,
-                         with_nll: bool = False) -> tuple[dict, jax.Array]:
-  """Per-(step, token) values [S * B * (T-1)] and their mask, like step.token_values."""
+                         with_nll: bool = False, key=None) -> tuple[dict, jax.Array]:
+  """Per-(step, token) values [S * B * (T-1)] and their mask, like step.token_values.
+
+  objective.ttt_inputs 'draft' (on-policy): steps >= 1 read the draft's own samples (`key`),
+  and their teacher is the target run over those proposals (`Transformer.with_proposals`).
+  """
   draft = nnx.merge(graphdef, params)
   t_model = nnx.merge(*target)
   tokens, seg = batch["tokens"], batch["segment_ids"]
@@ -64,7 +75,15 @@ def feature_token_values(objective, graphdef, params, batch, target, reference=N
                               feature_layers=draft.feature_layers)
   feats, t_h = jax.lax.stop_gradient(feats), jax.lax.stop_gradient(t_h)
   steps = objective.ttt_steps
-  logits, chain_ok = draft.unroll(tokens, feats, steps, segment_ids=seg)  # [S, B, T-1, Vd]
+  on_policy = objective.ttt_inputs == "draft"
+  if on_policy and key is None:
+    key = jax.random.PRNGKey(0)
+  logits, chain_ok, inputs = draft.unroll(tokens, feats, steps, segment_ids=seg, key=key if on_policy else None,
+                                          temperature=objective.ttt_temperature)  # [S, B, T-1, Vd]
+  proposed = []
+  if on_policy and steps > 1:
+    proposed = t_model.with_proposals(tokens, list(jax.lax.stop_gradient(inputs[1:])), segment_ids=seg)
+    proposed = [jax.lax.stop_gradient(h) for h in proposed]
   ref_logits = None
   if objective.loss == "adaspec":
     ref_logits = jax.lax.stop_gradient(nnx.merge(*reference).unroll(tokens, feats, steps, segment_ids=seg)[0])
@@ -79,7 +98,11 @@ def feature_token_values(objective, graphdef, params, batch, target, reference=N
     teacher_all = teacher_all[..., ids]
   for s in range(steps):
     # step s at entry i: teacher at position i+1+s, predicted token at i+2+s
-    teacher = _shift(teacher_all, 1 + s, n)
+    if s and on_policy:  # after the draft's own proposals: the target over them
+      teacher = t_model.project(proposed[s - 1])
+      teacher = teacher if ids is None else teacher[..., ids]
+    else:
+      teacher = _shift(teacher_all, 1 + s, n)
     predicted = _shift(tokens, 2 + s, n)
     mask = chain_ok[s] & (_shift(batch["loss_mask"], 2 + s, n) > 0)
     student = logits[s]

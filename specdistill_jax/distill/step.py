@@ -42,6 +42,8 @@ class Objective:
   feature: bool = False
   ttt_steps: int = 3
   ttt_decay: float = 1.0
+  ttt_inputs: str = "data"  # 'data' (teacher forcing) or 'draft' (on-policy: its own samples)
+  ttt_temperature: float = 1.0  # on-policy sampling temperature (0 = argmax)
 
   def __post_init__(self):
     if self.loss not in div.LOSSES:
@@ -56,6 +58,13 @@ class Objective:
       raise ValueError(f"distillation temperature={self.temperature} must be > 0")
     if self.feature:
       feature_loss.step_weights(self.ttt_steps, self.ttt_decay)
+      if self.ttt_inputs not in ("data", "draft"):
+        raise ValueError(f"ttt_inputs={self.ttt_inputs!r} must be 'data' (teacher forcing) or 'draft' (on-policy)")
+      if self.ttt_inputs == "draft" and self.loss in ("ce", "adaspec"):
+        raise ValueError(f"loss {self.loss!r} is off-policy: on-policy feature training (ttt_inputs='draft') "
+                         "needs a divergence against the target (fkl, rkl, jsd, tvd)")
+      if self.ttt_temperature < 0:
+        raise ValueError(f"ttt_temperature={self.ttt_temperature} must be >= 0 (0 = argmax)")
       if self.teacher != "online":
         raise ValueError(f"a feature draft reads the target's hidden states, so its teacher is the target "
                          f"run in the train step ('online'), not {self.teacher!r}")
@@ -102,7 +111,7 @@ def chunked_map(fn, inputs: dict, chunk: int) -> dict:
 
 
 def token_values(objective: Objective, graphdef, params, batch, target=None, reference=None,
-                 chunk: int = 128, with_nll: bool = False) -> tuple[dict, jax.Array]:
+                 chunk: int = 128, with_nll: bool = False, key=None) -> tuple[dict, jax.Array]:
   """Per-token values over [B*(T-1)] positions: loss, nll, and tvd/delta where defined.
 
   Returns (values, mask). The student and every teacher project hidden states to
@@ -110,7 +119,7 @@ def token_values(objective: Objective, graphdef, params, batch, target=None, ref
   (feature_loss.py).
   """
   if objective.feature:
-    return feature_loss.feature_token_values(objective, graphdef, params, batch, target, reference, with_nll)
+    return feature_loss.feature_token_values(objective, graphdef, params, batch, target, reference, with_nll, key)
   student, s_h = _hidden(graphdef, params, batch)
   inputs = {"s_h": _flat(s_h), "targets": _flat(batch["tokens"][:, 1:])}
   teacher_model = ref_model = None
@@ -172,9 +181,12 @@ def reduce_values(objective: Objective, values: dict, mask) -> tuple[jax.Array, 
 
 
 def compute_loss(objective: Objective, graphdef, params, batch, target=None, reference=None,
-                 chunk: int = 128):
-  """(loss, metrics) of the draft `params` on one batch. target/reference: (graphdef, params)."""
-  values, mask = token_values(objective, graphdef, params, batch, target, reference, chunk)
+                 chunk: int = 128, key=None):
+  """(loss, metrics) of the draft `params` on one batch. target/reference: (graphdef, params).
+
+  key: randomness of on-policy feature training (the train step folds in its step number).
+  """
+  values, mask = token_values(objective, graphdef, params, batch, target, reference, chunk, key=key)
   return reduce_values(objective, values, mask)
 
 
@@ -188,8 +200,10 @@ def make_train_step(objective: Objective, graphdef, tx: optax.GradientTransforma
     target = (target_graphdef, target_params) if target_graphdef is not None else None
     reference = (reference_graphdef, reference_params) if reference_graphdef is not None else None
 
+    key = jax.random.fold_in(state.rng, state.step)
+
     def loss_fn(params):
-      return compute_loss(objective, graphdef, params, batch, target, reference, chunk)
+      return compute_loss(objective, graphdef, params, batch, target, reference, chunk, key)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -95,6 +95,9 @@ def build_teacher_cache(out_dir: str, target, prompts: list[list[int]], *, max_l
   if existing is not None:
     if existing == meta:
       return existing
+    core = lambda m: {k: v for k, v in m.items() if k not in ("top_k", "bytes_per_token")}  # noqa: E731
+    if top_k == 0 and core(existing) == core(meta):  # tokens only: any cache of the same generations
+      return existing
     raise ValueError(f"teacher cache {out_dir!r} exists with other settings {existing}; "
                      f"wanted {meta}: delete it or choose another directory")
   writer = jax.process_index() == 0  # generation is collective; process 0 writes

@@ -176,13 +176,16 @@ class FeatureDraft(nnx.Module):
     new_cache = kvc.KVCache(tuple(keys), tuple(values), cache.lengths + num_valid.astype(jnp.int32))
     return self.to_target_vocab(self.draft_logits(x)), new_cache, x
 
-  def unroll(self, tokens, features, steps: int, segment_ids=None):
+  def unroll(self, tokens, features, steps: int, segment_ids=None, *, key=None, temperature: float = 1.0):
     """Training-time test over full sequences (see the module docstring).
 
     tokens [B, T], features [B, T, F] (the target's, position by position),
-    segment_ids [B, T] (0 = padding; packed rows never mix). Returns draft-vocabulary
-    logits [steps, B, T-1, Vd]: step s at entry i predicts token i+2+s; and the
-    mask [steps, B, T-1] of entries whose whole chain lies inside one segment.
+    segment_ids [B, T] (0 = padding; packed rows never mix). Step s >= 1 reads the data's
+    token i+1+s (teacher forcing), or with `key` the draft's own sample from step s-1's
+    distribution at `temperature` (0: its argmax), without gradient (on-policy, Draft-OPD).
+    Returns draft-vocabulary logits [steps, B, T-1, Vd] (step s at entry i predicts the
+    token after the s-th input), the mask [steps, B, T-1] of entries whose chain lies
+    inside one sequence, and the step-input tokens [steps, B, T-1] (target ids).
     """
     b, t = tokens.shape
     if segment_ids is None:
@@ -196,10 +199,15 @@ class FeatureDraft(nnx.Module):
     diagonal = jnp.broadcast_to(jnp.eye(n, dtype=jnp.bool_), (b, n, n))
     h = self.project_features(features[:, :-1])
     cache = [(jnp.zeros((b, 0) + k_shape, self.config.jnp_dtype),) * 2 for k_shape in self._kv_shapes()]
-    logits, masks = [], []
+    logits, masks, inputs = [], [], []
     mask = causal
+    keys = None if key is None else jax.random.split(key, steps)
     for s in range(steps):
-      tok = jnp.pad(tokens[:, 1 + s:], ((0, 0), (0, s)))
+      if s == 0 or key is None:
+        tok = jnp.pad(tokens[:, 1 + s:], ((0, 0), (0, s)))
+      else:
+        tok = self._sample(keys[s], jax.lax.stop_gradient(logits[-1]), temperature)
+      inputs.append(tok)
       positions = jnp.broadcast_to(idx + 1 + s, (b, n))
       x = self._inputs(tok, h)
       new_cache = []
@@ -212,7 +220,17 @@ class FeatureDraft(nnx.Module):
       reach = jnp.pad(seg[:, 1 + s:], ((0, 0), (0, s)))
       masks.append(pair_ok & (reach == seg[:, 1:]))
       mask = jnp.concatenate([mask, diagonal], axis=2)
-    return jnp.stack(logits), jnp.stack(masks)
+    return jnp.stack(logits), jnp.stack(masks), jnp.stack(inputs)
+
+  def _sample(self, key, logits, temperature: float):
+    """Target ids of draws from draft-vocabulary logits [B, N, Vd] (temperature 0: argmax)."""
+    if temperature == 0:
+      draft_tok = jnp.argmax(logits, -1)
+    else:
+      draft_tok = jax.random.categorical(key, logits.astype(jnp.float32) / temperature, axis=-1)
+    if self.draft_ids is None:
+      return draft_tok.astype(jnp.int32)
+    return jnp.asarray(np.asarray(self.draft_ids, np.int32))[draft_tok]
 
   def _kv_shapes(self):
     c = self.config

@@ -296,6 +296,42 @@ class Transformer(nnx.Module):
     """Full-sequence forward. tokens [B,T] int; segment_ids [B,T] (0 = padding) -> logits [B,T,V]."""
     return self.project(self.hidden(tokens, positions=positions, segment_ids=segment_ids))
 
+  def with_proposals(self, tokens, blocks, *, segment_ids=None):
+    """The target over a sequence and blocks of a draft's proposals (on-policy training-time test).
+
+    tokens [B, T]; blocks: list of [B, T-1] token arrays. Block s (1-based) holds, per entry
+    i, a token at position i+1+s that sees the sequence up to position i+1 and blocks 1..s at
+    entry i: the continuation a draft proposed after x_0..x_{i+1}. Returns the final-normed
+    hidden states of each block [B, T-1, D] (`project` gives the target's next-token logits).
+    """
+    b, t = tokens.shape
+    n = t - 1
+    if segment_ids is None:
+      segment_ids = jnp.ones((b, t), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    seq_mask = kvc.sequence_attention_mask(positions, segment_ids)
+    c = self.config
+    empty = jnp.zeros((b, 0, c.num_kv_heads, c.head_dim), c.jnp_dtype)
+    x = self._embed(tokens)
+    kv = []
+    for block in self.layers:
+      x, k, v = block.unrolled(x, positions, empty, empty, seq_mask)
+      kv.append((k, v))
+    idx = jnp.arange(n)
+    seg_q = segment_ids[:, 1:]  # entry i continues x_{i+1}'s sequence
+    sees = (idx[None, :, None] + 1 >= jnp.arange(t)[None, None, :]) & (seg_q[:, :, None] == segment_ids[:, None, :])
+    diagonal = jnp.broadcast_to(jnp.eye(n, dtype=jnp.bool_), (b, n, n))
+    out = []
+    for s, block_tokens in enumerate(blocks, start=1):
+      mask = jnp.concatenate([sees] + [diagonal] * s, axis=2)
+      x = self._embed(block_tokens)
+      pos = jnp.broadcast_to(idx + 1 + s, (b, n))
+      for i, block in enumerate(self.layers):
+        x, k, v = block.unrolled(x, pos, *kv[i], mask)
+        kv[i] = (k, v)
+      out.append(self.final_norm(x))
+    return out
+
   def forward_cached(self, tokens, cache: kvc.KVCache, num_valid=None, *, positions=None, mask=None,
                      feature_layers=()):
     """Feed tokens [B,T] at each row's offset; the first num_valid[b] of them are real.

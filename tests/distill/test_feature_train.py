@@ -23,9 +23,11 @@ def _feature_config(data_dir, source, loss, steps=10):
   return cfg
 
 
-@pytest.mark.parametrize("source,loss", [("teacher_offline", "fkl"), ("fixed", "tvd")])
-def test_feature_draft_training_lowers_the_unrolled_loss(small_data, tmp_path, source, loss):
+@pytest.mark.parametrize("source,loss,inputs", [("teacher_offline", "fkl", "data"), ("fixed", "tvd", "draft")])
+def test_feature_draft_training_lowers_the_unrolled_loss(small_data, tmp_path, source, loss, inputs):
+  """Teacher-forced TTT with export; on-policy TTT (the draft's own proposals, Draft-OPD)."""
   cfg = _feature_config(small_data[0], source, loss)
+  cfg.objective.ttt_inputs = inputs
   cfg.export_hf = "hf" if source == "teacher_offline" else ""
   trainer = Trainer(cfg, str(tmp_path))
   draft = trainer.draft_model()
@@ -35,8 +37,9 @@ def test_feature_draft_training_lowers_the_unrolled_loss(small_data, tmp_path, s
   batch = {k: jnp.asarray(v) for k, v in trainer.parts.source.batch(0).items()}
   target = (trainer.target_graphdef, trainer.target_params)
 
-  def loss_of(params):
-    return float(step_lib.compute_loss(trainer.parts.objective, trainer.graphdef, params, batch, target)[0])
+  def loss_of(params):  # on-policy: the same proposals' randomness before and after
+    return float(step_lib.compute_loss(trainer.parts.objective, trainer.graphdef, params, batch, target,
+                                       key=jax.random.PRNGKey(0))[0])
 
   before = loss_of(jax.device_get(trainer.state.params))
   result = trainer.run()

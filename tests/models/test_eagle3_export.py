@@ -57,7 +57,7 @@ def test_speculators_loads_our_export_and_computes_the_same_logits(tmp_path, lay
   tokens = jnp.asarray(np.random.RandomState(3).randint(0, 50, (1, 10)), jnp.int32)
   _, feats = target.hidden(tokens, feature_layers=draft.feature_layers)
   steps = 3
-  ours, _ = draft.unroll(tokens, feats, steps)  # [S, 1, 9, Vd]
+  ours, _, _ = draft.unroll(tokens, feats, steps)  # [S, 1, 9, Vd]
   seen = []
   hook = theirs.lm_head.register_forward_hook(lambda mod, args, out: seen.append(out.detach().numpy()))
   with torch.no_grad():

@@ -1,5 +1,6 @@
 """EAGLE-3 feature drafts: target features, the training-time-test unroll == inference, vocab maps."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ def test_training_time_test_unroll_equals_cached_inference_chain():
   tokens = jnp.asarray(rng.randint(0, 50, (1, 12)), jnp.int32)
   _, feats = target.hidden(tokens, feature_layers=draft.feature_layers)
   steps = 3
-  unrolled, mask = draft.unroll(tokens, feats, steps)
+  unrolled, mask, _ = draft.unroll(tokens, feats, steps)
   assert unrolled.shape == (steps, 1, 11, draft.draft_vocab_size)
   ids = np.asarray(draft.draft_ids)
   h = draft.project_features(feats)
@@ -68,8 +69,8 @@ def test_unroll_keeps_packed_sequences_apart():
   packed = jnp.asarray(np.concatenate([a, b], 1), jnp.int32)
   seg = jnp.asarray([[1] * 6 + [2] * 5], jnp.int32)
   _, feats = target.hidden(packed, segment_ids=seg, feature_layers=draft.feature_layers)
-  out, mask = draft.unroll(packed, feats, 2, segment_ids=seg)
-  alone, _ = draft.unroll(jnp.asarray(b, jnp.int32), feats[:, 6:], 2)
+  out, mask, _ = draft.unroll(packed, feats, 2, segment_ids=seg)
+  alone, _, _ = draft.unroll(jnp.asarray(b, jnp.int32), feats[:, 6:], 2)
   # the second sequence's entries see nothing of the first
   np.testing.assert_allclose(out[0, 0, 6:], alone[0, 0], atol=fp32_atol(alone, 2 * target.config.d_model, 4))
   assert not bool(mask[0, 0, 5])  # entry 5 pairs a's last feature with b's first token
@@ -92,3 +93,28 @@ def test_bad_feature_draft_arguments_are_named():
     models.create_feature_draft(cfg, num_layers=0)
   with pytest.raises(ValueError, match="token_counts has shape"):
     models.create_feature_draft(cfg, draft_vocab_size=10, token_counts=np.ones(7))
+
+
+def test_target_over_proposal_blocks_equals_forwarding_each_proposed_continuation():
+  """On-policy TTT's teacher: block s at entry i == the target after x_0..x_{i+1}, y_1..y_s."""
+  target = tiny(vocab=50)
+  rng = np.random.RandomState(4)
+  tokens = jnp.asarray(rng.randint(0, 50, (1, 9)), jnp.int32)
+  blocks = [jnp.asarray(rng.randint(0, 50, (1, 8)), jnp.int32) for _ in range(2)]
+  hidden = target.with_proposals(tokens, blocks)
+  for i in (0, 3, 7):
+    for s in (1, 2):
+      seq = jnp.concatenate([tokens[:, :i + 2]] + [b[:, i:i + 1] for b in blocks[:s]], axis=1)
+      want = target.hidden(seq)[:, -1]
+      np.testing.assert_allclose(hidden[s - 1][:, i], want, atol=fp32_atol(want, target.config.d_model, 3))
+
+
+def test_on_policy_unroll_feeds_the_drafts_own_samples():
+  target, draft = _pair()
+  tokens = jnp.asarray(np.random.RandomState(5).randint(0, 50, (2, 10)), jnp.int32)
+  _, feats = target.hidden(tokens, feature_layers=draft.feature_layers)
+  logits, _, inputs = draft.unroll(tokens, feats, 3, key=jax.random.PRNGKey(0), temperature=0.0)
+  ids = np.asarray(draft.draft_ids)
+  np.testing.assert_array_equal(inputs[0], tokens[:, 1:])
+  for s in (1, 2):  # greedy on-policy: step s reads step s-1's argmax
+    np.testing.assert_array_equal(inputs[s], ids[np.argmax(np.asarray(logits[s - 1]), -1)])

@@ -1,11 +1,15 @@
 """Speculative decoding with a feature draft (EAGLE-3): greedy == target, exact sampling, and
 acceptance exactly as the training-time-test unroll predicts."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 
 from specdistill_jax import models, sampling
+from specdistill_jax.distill import step as step_lib
 from tests.sampling.helpers import FALSE_ALARM, chi_square_pvalue, exact_joint, tiny
 
 PROMPTS = [[1, 2, 3], [4], [7, 8, 9, 10, 11, 12, 13], [20, 21]]
@@ -30,12 +34,23 @@ def test_greedy_feature_draft_equals_greedy_target_batched_ragged(tree):
   assert same == [want[2]] * 3 and len(set(stats["tau_per_row"])) == 1
 
 
+def test_feature_and_token_drafts_routed_and_merged_equal_greedy_target():
+  """A feature draft and a token draft behind one interface: routed chains, merged tree."""
+  target = tiny(eos=(5,))
+  drafts = [_feature_draft(target, draft_vocab=60), tiny(preset="micro", seed=1, eos=(5,))]
+  want = sampling.generate(target, PROMPTS, 12)
+  routed, _ = sampling.routed_speculative_generate(target, drafts, PROMPTS, 12, gamma=3)
+  merged, stats = sampling.routed_speculative_generate(target, drafts, PROMPTS, 12,
+                                                       tree=sampling.TreeSpec(3, 2, 4))
+  assert routed == want and merged == want and len(stats["merged_share"]) == 2
+
+
 def _offline_acceptance(target, draft, prompt, generated, gamma):
   """Greedy rounds replayed from the unroll: (accepted, tested) a gamma-chain must report."""
   seq = list(prompt) + list(generated)
   tokens = jnp.asarray([seq], jnp.int32)
   _, feats = target.hidden(tokens, feature_layers=draft.feature_layers)
-  logits, _ = draft.unroll(tokens, feats, gamma)
+  logits, _, _ = draft.unroll(tokens, feats, gamma)
   pred = np.asarray(draft.draft_ids)[np.argmax(np.asarray(logits[:, 0]), -1)]  # [gamma, T-1]
   accepted = tested = deep = 0
   p = len(prompt) - 1  # the last verified token's position
@@ -53,13 +68,38 @@ def _offline_acceptance(target, draft, prompt, generated, gamma):
   return accepted, tested, deep
 
 
+def _fitted(target, draft, prompts, steps=150):
+  """The draft after a few hundred Adam steps of the TTT loss on the target's greedy outputs."""
+  seqs = [p + o for p, o in zip(prompts, sampling.generate(target, prompts, 30))]
+  width = max(map(len, seqs))
+  tokens = jnp.asarray([s + [0] * (width - len(s)) for s in seqs], jnp.int32)
+  seg = jnp.asarray([[1] * len(s) + [0] * (width - len(s)) for s in seqs], jnp.int32)
+  batch = dict(tokens=tokens, segment_ids=seg, loss_mask=seg.astype(jnp.float32),
+               positions=jnp.broadcast_to(jnp.arange(width), tokens.shape))
+  objective = step_lib.Objective(feature=True, ttt_steps=3)
+  graphdef, params = nnx.split(draft, nnx.Param)
+  target_split = nnx.split(target, nnx.Param)
+  tx = optax.adam(3e-3)
+
+  @jax.jit
+  def step(params, opt):
+    grads = jax.grad(lambda p: step_lib.compute_loss(objective, graphdef, p, batch, target_split)[0])(params)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt
+
+  opt = tx.init(params)
+  for _ in range(steps):
+    params, opt = step(params, opt)
+  return nnx.merge(graphdef, params)
+
+
 def test_greedy_acceptance_is_what_the_unroll_predicts():
   """Each round's proposals read the target's features of the accepted tokens and the draft's
   own states after them: replaying the rounds with `unroll` gives the same counts."""
   target = tiny(vocab=12, preset="micro", seed=1)
-  draft = _feature_draft(target, draft_vocab=10, seed=3, layers=2)
   prompts = [[3, 1, 4, 1, 5], [9], [2, 7]]
-  for gamma in (1, 3):
+  draft = _fitted(target, _feature_draft(target, draft_vocab=10, seed=3, layers=2), prompts)
+  for gamma in (3,):
     out, stats = sampling.speculative_generate(target, draft, prompts, 40, gamma=gamma)
     replay = np.sum([_offline_acceptance(target, draft, p, o, gamma) for p, o in zip(prompts, out)], axis=0)
     assert (stats["accepted"], stats["tested"]) == tuple(replay[:2])
