@@ -59,6 +59,7 @@ def get_config(arg=None):
   else:
     c.feature = eagle3.get_config("cell")
     c.independent = real.get_config("cpu")
+    c.independent.data.offline_cache = c.feature.data.offline_cache  # the same target responses
   for cell in (c.feature, c.independent):
     cell.train.update(eval_every=0, async_checkpoints=False)
     cell.export_hf = "hf"

@@ -45,7 +45,7 @@ def test_training_time_test_unroll_equals_cached_inference_chain():
   assert unrolled.shape == (steps, 1, 11, draft.draft_vocab_size)
   ids = np.asarray(draft.draft_ids)
   h = draft.project_features(feats)
-  for i in (0, 4, 7):
+  for i in (0, 7):
     cache = draft.init_cache(1, 32)
     logits, cache, states = draft.forward_cached(tokens[:, 1:i + 2], cache, hidden=h[:, :i + 1])
     got = [logits[:, -1]]
@@ -102,7 +102,7 @@ def test_target_over_proposal_blocks_equals_forwarding_each_proposed_continuatio
   tokens = jnp.asarray(rng.randint(0, 50, (1, 9)), jnp.int32)
   blocks = [jnp.asarray(rng.randint(0, 50, (1, 8)), jnp.int32) for _ in range(2)]
   hidden = target.with_proposals(tokens, blocks)
-  for i in (0, 3, 7):
+  for i in (0, 7):
     for s in (1, 2):
       seq = jnp.concatenate([tokens[:, :i + 2]] + [b[:, i:i + 1] for b in blocks[:s]], axis=1)
       want = target.hidden(seq)[:, -1]

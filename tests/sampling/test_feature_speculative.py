@@ -30,8 +30,8 @@ def test_greedy_feature_draft_equals_greedy_target_batched_ragged(tree):
   out, stats = sampling.speculative_generate(target, draft, PROMPTS, 17, gamma=3, tree=tree)
   assert out == want
   # identical rows behave identically (no cross-row leakage in the ragged batch)
-  same, stats = sampling.speculative_generate(target, draft, [PROMPTS[2]] * 3, 17, gamma=3, tree=tree)
-  assert same == [want[2]] * 3 and len(set(stats["tau_per_row"])) == 1
+  same, stats = sampling.speculative_generate(target, draft, [PROMPTS[2]] * 4, 17, gamma=3, tree=tree)
+  assert same == [want[2]] * 4 and len(set(stats["tau_per_row"])) == 1
 
 
 def test_feature_and_token_drafts_routed_and_merged_equal_greedy_target():
@@ -68,7 +68,7 @@ def _offline_acceptance(target, draft, prompt, generated, gamma):
   return accepted, tested, deep
 
 
-def _fitted(target, draft, prompts, steps=150):
+def _fitted(target, draft, prompts, steps=60):
   """The draft after a few hundred Adam steps of the TTT loss on the target's greedy outputs."""
   seqs = [p + o for p, o in zip(prompts, sampling.generate(target, prompts, 30))]
   width = max(map(len, seqs))
@@ -79,7 +79,7 @@ def _fitted(target, draft, prompts, steps=150):
   objective = step_lib.Objective(feature=True, ttt_steps=3)
   graphdef, params = nnx.split(draft, nnx.Param)
   target_split = nnx.split(target, nnx.Param)
-  tx = optax.adam(3e-3)
+  tx = optax.adam(1e-2)
 
   @jax.jit
   def step(params, opt):
