@@ -13,8 +13,16 @@ reused when present; features and logits are recomputed by the target in every s
 
 Presets (`--config=configs/eagle3.py:PRESET[,key=value]`, keys: steps, lr, loss, source, seed,
 ttt_steps, num_prompts, draft_vocab_size, layers):
-* cpu: the real target's head. bf16 compute (fp32 master weights), batch 16 x 160 tokens.
-  Time and numbers: see experiments/results/feature_drafters.md (written by the run's note).
+* cpu: the real target's head: 400 steps of batch 16 x 160 tokens (512 prompts, 30,272
+  response tokens: ~13 epochs), lr 1e-3, bf16 draft compute with fp32 master weights; the
+  target (fp32) recomputes features and logits in every step (one forward per batch; caching
+  the three layers' features instead would take 3 x 576 x 2 = 3,456 bytes per token in bf16,
+  against 137 for the top-16 logits cache). Measured on 2 cores: 56.9 min (7 s per step when
+  the cores were free, 11-12 s while tests shared them). Eval (8 prompts x 32 tokens, gamma 4,
+  T=0): alpha 0.29 / 0.31 / 0.31, tau 1.39 / 1.41 / 1.42 at steps 100 / 200 / 400. At B=1,
+  bf16 (experiments/results/tree_benchmark_eagle3.md): chain gamma 1 1.15x AR at T=0, tree
+  2:2:4 1.11x at T=1; c = 0.126 (decode_benchmark_eagle3.md) against 0.228 for the 2-layer
+  independent draft.
 * cell: the study's cell (experiments/feature_drafters.py): the same model, fewer steps.
 * micro: the smoke test's cell (a tiny random target, 2 steps).
 * gpu: an EAGLE-3 head for Llama-3.1-8B-Instruct from $MODELS_DIR (unrun here: no GPU was

@@ -14,10 +14,18 @@ step) measured once per draft kind at B=1; predicted speedup tau / (gamma c + v)
 measured B=1 speedup of the independent and the base feature drafter (seed 0,
 `speed_prompts` prompts, `max_new_tokens` tokens each).
 
-Presets: cpu (3 seeds, 60 steps per cell: 21 cells; on 2 cores about 7 s per step), micro
-(smoke test: the micro world's target, 2 steps, 1 seed), gpu (Llama-3.1-8B-Instruct from
-$MODELS_DIR with configs/eagle3.py:gpu cells; unrun here). Inline keys: seeds, steps,
-num_prompts, cells (comma-separated names). Measured time and numbers: results/feature_drafters.md.
+Presets: cpu (3 seeds, 60 steps per cell: 21 cells; about 7 s per step on 2 cores, 20 s for
+on-policy: not run in full here), micro (smoke test: the micro world's target, 2 steps, 1 seed),
+gpu (Llama-3.1-8B-Instruct from $MODELS_DIR with configs/eagle3.py:gpu cells; unrun here).
+Inline keys: seeds, steps, num_prompts, max_new_tokens; cells via --config.cells='a,b'.
+
+What ran (results/feature_drafters.md): 1 seed, 25 steps per cell, 5 cells (no TVD, no 5 TTT
+steps), 16 prompts x 32 tokens, 23.1 min:
+    python experiments/feature_drafters.py --config=configs/feature_drafters.py:cpu,seeds=1,steps=25,\
+        num_prompts=16,max_new_tokens=32 '--config.cells=independent,feature fkl,feature rkl,feature fkl on-policy,feature fkl ttt1'
+tau T=0 / T=1: independent 1.12 / 1.11, feature FKL 1.12 / 1.17, RKL 1.02 / 1.09, on-policy
+1.13 / 1.16, 1 TTT step 1.16 / 1.17; c 0.20 (independent) vs 0.04 (feature, fp32). At 25 steps
+every draft is far from trained (the 400-step head of configs/eagle3.py:cpu reaches alpha 0.31).
 """
 
 import copy

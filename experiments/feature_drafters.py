@@ -49,7 +49,9 @@ def run(config) -> str:
   if unknown:
     raise ValueError(f"unknown cells {unknown}; known: {sorted(CELLS)}")
   report = lib.Report("feature_drafters", "Feature drafters (EAGLE-3) vs an independent draft, real target",
-                      f"python experiments/feature_drafters.py --config=configs/feature_drafters.py:{config.scale}")
+                      f"python experiments/feature_drafters.py --config=configs/feature_drafters.py:{config.scale},"
+                      f"seeds={config.seeds},steps={config.steps},num_prompts={config.num_prompts},"
+                      f"max_new_tokens={config.max_new_tokens} '--config.cells={config.cells}'")
   chat = lib.ChatFormat.from_dir(config.tokenizer) if config.tokenizer else lib.chat_format(config.data_dir)
   cells = {(n, s): lib.train_cell(_cell_config(config, n, s),
                                   os.path.join(config.workdir, "feature_drafters", f"{n.replace(' ', '_')}_s{s}"))
@@ -125,7 +127,8 @@ def verdicts(results, names, temperatures) -> list[str]:
                    f"{'agrees' if gain > 0 else 'disagrees'}).")
     ttt = [n for n in ("feature fkl ttt1", "feature fkl", "feature fkl ttt5") if n in names]
     if len(ttt) > 1:
-      parts.append("TTT steps 1 / 3 / 5: tau " + " / ".join(f"{tau(n, t):.2f}" for n in ttt)
+      steps = {"feature fkl ttt1": "1", "feature fkl": "3", "feature fkl ttt5": "5"}
+      parts.append(f"TTT steps {' / '.join(steps[n] for n in ttt)}: tau " + " / ".join(f"{tau(n, t):.2f}" for n in ttt)
                    + (" (more steps accept longer: agrees with EAGLE-3 / HASS)." if all(
                        tau(a, t) <= tau(b, t) for a, b in zip(ttt, ttt[1:])) else
                       " (not monotone in the steps: disagrees with EAGLE-3 / HASS at this scale)."))
