@@ -16,7 +16,6 @@ import functools
 import os
 import platform
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -29,7 +28,7 @@ from flax import nnx  # noqa: E402
 from specdistill_jax import loading, models  # noqa: E402
 from specdistill_jax.models import import_gguf  # noqa: E402
 from specdistill_jax.models.feature_draft import default_feature_layers  # noqa: E402
-from studylib import write_text  # noqa: E402
+from studylib import best_seconds, write_text  # noqa: E402
 
 
 @functools.lru_cache(maxsize=8)
@@ -53,13 +52,7 @@ def ms_per_forward(model, tokens: int, layers: tuple, steps: int = 16, repeats: 
   cache = models.init_cache(model.config, 1, 512).with_lengths(jnp.full((1,), 128, jnp.int32))
   run = _program(graphdef, steps, layers)
   x = jnp.zeros((1, tokens), jnp.int32)
-  jax.block_until_ready(run(state, cache, x))
-  best = float("inf")
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(state, cache, x))
-    best = min(best, time.perf_counter() - t0)
-  return 1e3 * best / steps
+  return 1e3 * best_seconds(lambda: run(state, cache, x), repeats) / steps
 
 
 def main(argv=None):
