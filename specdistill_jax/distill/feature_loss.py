@@ -52,15 +52,6 @@ def _shift(x, s: int, total: int):
   return jnp.pad(part, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)) if pad else part
 
 
-def draft_token_ids(draft, tokens):
-  """Target token ids -> draft-vocabulary ids (-1 where the draft vocabulary lacks the token)."""
-  if draft.draft_ids is None:
-    return tokens
-  t2d = np.full((draft.config.vocab_size,), -1, np.int32)
-  t2d[np.asarray(draft.draft_ids)] = np.arange(len(draft.draft_ids), dtype=np.int32)
-  return jnp.asarray(t2d)[tokens]
-
-
 def feature_token_values(objective, graphdef, params, batch, target, reference=None,
                          with_nll: bool = False, key=None) -> tuple[dict, jax.Array]:
   """Per-(step, token) values [S * B * (T-1)] and their mask, like step.token_values.
@@ -88,25 +79,21 @@ def feature_token_values(objective, graphdef, params, batch, target, reference=N
   if objective.loss == "adaspec":
     ref_logits = jax.lax.stop_gradient(nnx.merge(*reference).unroll(tokens, feats, steps, segment_ids=seg)[0])
   n = tokens.shape[1] - 1
-  ids = None if draft.draft_ids is None else jnp.asarray(np.asarray(draft.draft_ids))
   weights = step_weights(steps, objective.ttt_decay)
   out: dict = {}
   masks = []
   t = objective.temperature
-  teacher_all = t_model.project(t_h)
-  if ids is not None:
-    teacher_all = teacher_all[..., ids]
+  teacher_all = draft.restrict_to_draft_vocab(t_model.project(t_h))
+  draft_ids = draft.to_draft_ids(tokens)  # the data's tokens in the draft vocabulary (-1: absent)
   for s in range(steps):
     # step s at entry i: teacher at position i+1+s, predicted token at i+2+s
     if s and on_policy:  # after the draft's own proposals: the target over them
-      teacher = t_model.project(proposed[s - 1])
-      teacher = teacher if ids is None else teacher[..., ids]
+      teacher = draft.restrict_to_draft_vocab(t_model.project(proposed[s - 1]))
     else:
       teacher = _shift(teacher_all, 1 + s, n)
-    predicted = _shift(tokens, 2 + s, n)
     mask = chain_ok[s] & (_shift(batch["loss_mask"], 2 + s, n) > 0)
     student = logits[s]
-    d_target = draft_token_ids(draft, predicted)
+    d_target = _shift(draft_ids, 2 + s, n)
     log_q_raw = jax.nn.log_softmax(student.astype(jnp.float32), -1)
     # tokens outside the draft vocabulary (q = 0) count 0 in the CE metric, and 'ce' skips them
     nll = jnp.where(d_target >= 0, -jnp.take_along_axis(log_q_raw, jnp.maximum(d_target, 0)[..., None], -1)[..., 0],

@@ -152,6 +152,24 @@ class FeatureDraft(nnx.Module):
     full = jnp.full(logits.shape[:-1] + (self.config.vocab_size,), _NEG, logits.dtype)
     return full.at[..., np.asarray(self.draft_ids)].set(logits)
 
+  def to_draft_ids(self, tokens):
+    """Target token ids -> draft-vocabulary ids (-1 where the draft vocabulary lacks the token)."""
+    if self.draft_ids is None:
+      return tokens
+    t2d = np.full((self.config.vocab_size,), -1, np.int32)
+    t2d[np.asarray(self.draft_ids)] = np.arange(len(self.draft_ids), dtype=np.int32)
+    return jnp.asarray(t2d)[tokens]
+
+  def to_target_ids(self, draft_tokens):
+    """Draft-vocabulary ids -> target token ids."""
+    if self.draft_ids is None:
+      return draft_tokens.astype(jnp.int32)
+    return jnp.asarray(np.asarray(self.draft_ids, np.int32))[draft_tokens]
+
+  def restrict_to_draft_vocab(self, logits):
+    """Target-vocabulary logits [..., V] -> the draft vocabulary's [..., Vd]."""
+    return logits if self.draft_ids is None else logits[..., np.asarray(self.draft_ids)]
+
   def _inputs(self, tokens, hidden):
     embeds = jnp.take(self.frozen_embed[...], tokens, axis=0).astype(self.config.jnp_dtype)
     return jnp.concatenate([embeds, hidden.astype(self.config.jnp_dtype)], -1)
@@ -228,9 +246,7 @@ class FeatureDraft(nnx.Module):
       draft_tok = jnp.argmax(logits, -1)
     else:
       draft_tok = jax.random.categorical(key, logits.astype(jnp.float32) / temperature, axis=-1)
-    if self.draft_ids is None:
-      return draft_tok.astype(jnp.int32)
-    return jnp.asarray(np.asarray(self.draft_ids, np.int32))[draft_tok]
+    return self.to_target_ids(draft_tok)
 
   def _kv_shapes(self):
     c = self.config

@@ -177,13 +177,13 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
         caches, pendings, n_pendings, hiddens = [], [], [], []
         pos = jnp.arange(gamma - 1)[None, :]
         for k in range(num_drafts):
-          keep = acceptance.accepted_prefix((all_tokens[k][:, : gamma - 1] == realised[:, : gamma - 1])
-                                            & (pos < n[:, None]))
-          if featured[k]:  # re-feed every realised token with the target's features
-            keep = jnp.zeros_like(keep)
+          if featured[k]:  # keeps nothing: re-feeds every realised token with the target's features
+            keep = jnp.zeros_like(n)
             hiddens.append(proposer.feature_pending(drafts[k], feats[0], layers,
                                                     jnp.broadcast_to(jnp.arange(width), (b, width)), width))
           else:
+            keep = acceptance.accepted_prefix((all_tokens[k][:, : gamma - 1] == realised[:, : gamma - 1])
+                                              & (pos < n[:, None]))
             hiddens.append(None)
           old = s.draft_caches[k].lengths
           caches.append(props[k][2].with_lengths(jnp.where(active, old + s.n_pending[k] + keep, old)))
