@@ -161,6 +161,10 @@ def train_config() -> ml_collections.ConfigDict:
       prompts="dataset",  # generating sources: 'dataset' (historical queries) or 'synthetic' (Magpie)
       num_prompts=1024,  # prompts in the offline cache / synthetic set
       mixture_lambda=0.5,  # fraction of each batch on-policy (source 'mixture')
+      mixture_schedule="constant",  # lambda over the run: constant | linear (0 -> lambda) | step (warm start)
+      mixture_warm_fraction=0.5,  # schedule 'step': lambda is 0 for this fraction of the steps
+      mixture_other="fixed",  # the rest of a mixture batch: fixed (ground truth) | teacher_online
+      on_policy_temperature=-1.0,  # the draft's sampling temperature for on-policy rows (< 0: gen_temperature)
       gen_temperature=1.0,  # sampling temperature of generated data
       max_new_tokens=64,
       black_box=False,  # generated data without logits: loss must be 'ce'

@@ -13,6 +13,8 @@ compute with fp32 parameters):
 * target_code     target_general fine-tuned on sharegpt_code + python_code
 * target_tools    target_general fine-tuned on function_calling
 * target_mix      target_general fine-tuned on sharegpt_chat + function_calling (TAPS' one target)
+* target_math     target_general fine-tuned on math_word_problems + sharegpt_chat (the math
+                  domain's target: it keeps chatting, so TAPS' chat and math drafters share it)
 
 Scales: cpu (the studies), quick (the README's quick study: a 5M target, minutes), micro
 (smoke tests: 'tiny'/'micro' models, a few steps on the small corpora).
@@ -24,19 +26,19 @@ the cores at times (an idle machine is faster).
 
 from configs import common
 
-PRESETS = ("target_general", "draft_generic", "target_code", "target_tools", "target_mix")
+PRESETS = ("target_general", "draft_generic", "target_code", "target_tools", "target_mix", "target_math")
 CORPORA = {"target_general": "sharegpt_chat", "draft_generic": "sharegpt_chat",
            "target_code": "sharegpt_code,python_code", "target_tools": "function_calling",
-           "target_mix": "sharegpt_chat,function_calling"}
+           "target_mix": "sharegpt_chat,function_calling", "target_math": "math_word_problems,sharegpt_chat"}
 # (preset for scratch models, steps, batch size, learning rate) per scale
 SCRATCH = {"cpu": {"target_general": ("target-20m", 1500, 32, 1e-3),
                    "draft_generic": ("draft-2m", 1500, 32, 3e-3)},
            "quick": {"target_general": ("target-quick", 300, 32, 2e-3),
                      "draft_generic": ("draft-2m", 300, 32, 3e-3)},
            "micro": {"target_general": ("tiny", 4, 4, 1e-2), "draft_generic": ("micro", 4, 4, 1e-2)}}
-FINETUNE_STEPS = {"cpu": {"target_code": 400, "target_tools": 300, "target_mix": 300},
-                  "quick": {"target_code": 60, "target_tools": 60, "target_mix": 60},
-                  "micro": {"target_code": 2, "target_tools": 2, "target_mix": 2}}
+FINETUNE_STEPS = {"cpu": {"target_code": 400, "target_tools": 300, "target_mix": 300, "target_math": 300},
+                  "quick": {"target_code": 60, "target_tools": 60, "target_mix": 60, "target_math": 60},
+                  "micro": {"target_code": 2, "target_tools": 2, "target_mix": 2, "target_math": 2}}
 
 
 def get_config(arg=None):

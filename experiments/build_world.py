@@ -4,7 +4,7 @@
 
 1. prepares the bundled corpora and the tokenizer (specdistill_jax.data.prepare);
 2. trains target_general and draft_generic from scratch, then fine-tunes target_code,
-   target_tools and target_mix from target_general, each with
+   target_tools, target_mix and target_math from target_general, each with
    `python -m specdistill_jax.train --config=configs/world.py:NAME,scale=SCALE`;
 3. writes DIR/manifest.json and experiments/results/world.md (sizes, steps, minutes, CE).
 A model whose DIR/NAME/hf already exists is reused; an interrupted run resumes from its
@@ -23,7 +23,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-ORDER = ("target_general", "draft_generic", "target_code", "target_tools", "target_mix")
+ORDER = ("target_general", "draft_generic", "target_code", "target_tools", "target_mix", "target_math")
 
 
 def paths(world: str | None, data_dir: str | None) -> tuple[str, str]:
@@ -74,8 +74,12 @@ def build(scale: str = "cpu", world: str | None = None, data_dir: str | None = N
   os.makedirs(world, exist_ok=True)
   manifest_path = os.path.join(world, "manifest.json")
   manifest = json.load(open(manifest_path)) if os.path.exists(manifest_path) else {}
-  if "data_seconds" not in manifest or not os.path.exists(os.path.join(data_dir, "tokenizer")):
-    manifest["data_seconds"] = prepare_data(scale, data_dir)
+  from specdistill_jax.data import corpora
+  config = "small" if scale == "micro" else "full"
+  missing = [n for n in corpora.BUNDLED if not os.path.isdir(os.path.join(data_dir, n, config))]
+  if "data_seconds" not in manifest or missing or not os.path.exists(os.path.join(data_dir, "tokenizer")):
+    # reuses what is prepared: builds only the missing corpora (a new bundled one, say)
+    manifest["data_seconds"] = manifest.get("data_seconds", 0.0) + prepare_data(scale, data_dir)
   for name in names:
     hf = os.path.join(world, name, "hf")
     if not os.path.exists(os.path.join(hf, "config.json")):

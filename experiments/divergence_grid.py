@@ -166,7 +166,15 @@ def run(config) -> str:
     ax.set_title(f"alpha, T={temp:g} (undistilled {base_alpha:.3f})")
     fig.colorbar(im, ax=ax)
   save(fig)
-  return report.write(config.results_dir or None)
+  path = report.write(config.results_dir or None)
+  followup = os.path.join(os.path.dirname(path), "onpolicy_ablation.json")
+  if os.path.exists(followup):  # keep the on-policy ablation's verdict in the rewritten report
+    import json
+
+    import onpolicy_ablation
+    with open(followup) as fh:
+      onpolicy_ablation.update_grid_report(path, json.load(fh)["conclusion"])
+  return path
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@
   cost ratio c and the theoretical speedup (1 - a^(g+1)) / ((1 - a)(g c + 1));
 * `cost_ratio`: c = draft step time / target step time (cached one-token steps);
 * `target_log_likelihood`: mean log p_target(output token | prefix) (lossy-SD quality);
-* `json_exact_match`: fraction of outputs whose JSON equals the reference JSON.
+* `json_exact_match`: fraction of outputs whose JSON equals the reference JSON;
+* `answer_accuracy`: fraction of outputs whose final '#### answer' is the right number (math);
+* `reference_cross_entropy`: per-sequence cross-entropy of a model under a reference
+  model's next-token distributions (a distilled model's quality against its teacher).
 
 CLI:
     python -m specdistill_jax.evaluate --target DIR --draft DIR --corpus sharegpt_chat \
@@ -152,6 +155,51 @@ def json_exact_match(outputs: Sequence[str], references: Sequence[str]) -> float
     except (json.JSONDecodeError, TypeError):
       pass
   return hits / max(len(references), 1)
+
+
+def answer_accuracy(outputs: Sequence[str], answers: Sequence) -> float:
+  """Fraction of outputs whose final answer (the number after '####') equals the reference answer."""
+  from specdistill_jax.data.math_word_problems import extract_answer
+  hits = sum(extract_answer(out) == int(ans) for out, ans in zip(outputs, answers))
+  return hits / max(len(answers), 1)
+
+
+@functools.lru_cache(maxsize=8)
+def _cross_entropy_program(ref_graphdef, graphdef):
+  @jax.jit
+  def run(ref_state, state, tokens, mask):
+    log_p = jax.nn.log_softmax(nnx.merge(ref_graphdef, ref_state)(tokens).astype(jnp.float32), -1)
+    log_q = jax.nn.log_softmax(nnx.merge(graphdef, state)(tokens).astype(jnp.float32), -1)
+    per_token = -jnp.sum(jnp.exp(log_p) * log_q, -1)[:, :-1]  # predicting token t+1 from the prefix
+    m = mask[:, 1:]
+    return jnp.sum(per_token * m, -1), jnp.sum(m, -1)
+  return run
+
+
+def reference_cross_entropy(reference, model, prompts: Sequence[Sequence[int]],
+                            responses: Sequence[Sequence[int]], batch_size: int = 32) -> np.ndarray:
+  """Per row: mean over the response tokens of H(p_reference, p_model) = -sum_v p_ref(v) log p_model(v).
+
+  With model = reference it is the reference's own entropy, the floor; the excess is the KL a
+  smaller model pays. Both models must share the vocabulary.
+  """
+  if reference.config.vocab_size != model.config.vocab_size:
+    raise ValueError(f"vocabulary mismatch: reference {reference.config.vocab_size} vs model "
+                     f"{model.config.vocab_size}")
+  (ref_graphdef, ref_state), (graphdef, state) = nnx.split(reference), nnx.split(model)
+  run = _cross_entropy_program(ref_graphdef, graphdef)
+  width = ((max(len(p) + len(r) for p, r in zip(prompts, responses)) + 15) // 16) * 16
+  out = []
+  for s in range(0, len(prompts), batch_size):
+    rows = list(zip(prompts[s:s + batch_size], responses[s:s + batch_size]))
+    tokens = np.full((len(rows), width), model.config.pad_token_id, np.int32)
+    mask = np.zeros((len(rows), width), np.float32)
+    for r, (p, o) in enumerate(rows):
+      tokens[r, : len(p) + len(o)] = list(p) + list(o)
+      mask[r, len(p): len(p) + len(o)] = 1.0
+    total, count = run(ref_state, state, jnp.asarray(tokens), jnp.asarray(mask))
+    out.append(np.asarray(total) / np.maximum(np.asarray(count), 1.0))
+  return np.concatenate(out)
 
 
 def main(argv):

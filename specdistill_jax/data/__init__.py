@@ -1,13 +1,14 @@
 """Data: TFDS builders for the bundled corpora, tokenizer + chat format, batch pipeline, prompt sets.
 
 Importing this package registers the builders `sharegpt_chat`, `sharegpt_code`,
-`python_code` and `function_calling` with TFDS (configs `full` and `small`).
+`python_code`, `function_calling` and `math_word_problems` with TFDS (configs `full` and `small`).
 Build them with `python -m specdistill_jax.data.prepare --data_dir=DIR`.
 """
 
 from specdistill_jax.data.builder import DataSourceError, split_of
 from specdistill_jax.data.corpora import BUNDLED, FIELDS, TextSource, default_data_dir, load
 from specdistill_jax.data.function_calling import FunctionCalling
+from specdistill_jax.data.math_word_problems import MathWordProblems
 from specdistill_jax.data.pipeline import BATCH_FIELDS, BatchPipeline
 from specdistill_jax.data.prompts import curated_documents, historical_queries, synthetic_prompts
 from specdistill_jax.data.python_code import PythonCode
@@ -17,4 +18,4 @@ from specdistill_jax.data.tokenizer import ChatFormat, train_bpe
 __all__ = ["DataSourceError", "split_of", "BUNDLED", "FIELDS", "TextSource", "default_data_dir",
            "load", "BATCH_FIELDS", "BatchPipeline", "curated_documents", "historical_queries",
            "synthetic_prompts", "ChatFormat", "train_bpe", "SharegptChat", "SharegptCode",
-           "PythonCode", "FunctionCalling"]
+           "PythonCode", "FunctionCalling", "MathWordProblems"]

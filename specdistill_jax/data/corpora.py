@@ -30,6 +30,7 @@ FIELDS = {
     "sharegpt_code": Fields("prompt", "response", "response"),
     "python_code": Fields(None, None, "code"),
     "function_calling": Fields("prompt", "response", "documentation"),
+    "math_word_problems": Fields("question", "solution", "solution"),
     # public TFDS datasets of the papers (need a machine that can download and prepare them)
     "lm1b": Fields(None, None, "text"),
     "xsum": Fields("document", "summary", "document"),
@@ -37,7 +38,7 @@ FIELDS = {
     "gsm8k": Fields("question", "answer", "answer"),
     "wmt14_translate/de-en": Fields("en", "de", "de"),
 }
-BUNDLED = ("sharegpt_chat", "sharegpt_code", "python_code", "function_calling")
+BUNDLED = ("sharegpt_chat", "sharegpt_code", "python_code", "function_calling", "math_word_problems")
 
 
 def default_data_dir() -> str:

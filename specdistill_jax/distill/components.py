@@ -214,10 +214,21 @@ def build_source(config, chat, target, workdir: str, needs_logits: bool, tokens_
                                     process_count=jax.process_count())
   if d.source == "teacher_online":
     return src.TeacherOnlineSource(target, prompts, white_box=not (d.black_box or tokens_only), **gen)
-  on_policy = src.OnPolicySource(prompts, pad_id=target.config.pad_token_id, **gen)
+  on_policy_temperature = d.get("on_policy_temperature", -1.0)
+  on_policy = src.OnPolicySource(prompts, pad_id=target.config.pad_token_id,
+                                 **dict(gen, temperature=d.gen_temperature if on_policy_temperature < 0
+                                        else on_policy_temperature))
   if d.source == "on_policy":
     return on_policy
-  return src.MixtureSource(on_policy, src.FixedSource(fixed, "online"), d.mixture_lambda)
+  other_kind = d.get("mixture_other", "fixed")
+  if other_kind not in ("fixed", "teacher_online"):
+    raise ValueError(f"data.mixture_other={other_kind!r} must be 'fixed' (ground truth) or 'teacher_online' "
+                     "(target-generated)")
+  other = (src.FixedSource(fixed, "online") if other_kind == "fixed"
+           else src.TeacherOnlineSource(target, prompts, **gen))
+  lam = src.mixture_schedule(d.get("mixture_schedule", "constant"), d.mixture_lambda, config.train.steps,
+                             d.get("mixture_warm_fraction", 0.5))
+  return src.MixtureSource(on_policy, other, lam)
 
 
 def build(config, workdir: str) -> Components:

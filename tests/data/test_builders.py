@@ -8,7 +8,7 @@ import sys
 import pytest
 import tensorflow_datasets as tfds
 
-from specdistill_jax.data import DataSourceError, python_code, sharegpt
+from specdistill_jax.data import DataSourceError, math_word_problems, python_code, sharegpt
 from specdistill_jax.data.builder import SPLITS
 
 FIELDS = {
@@ -16,9 +16,10 @@ FIELDS = {
     "sharegpt_code": ("conversation_id", "turn", "prompt", "response"),
     "python_code": ("module", "name", "kind", "code"),
     "function_calling": ("id", "prompt", "response", "function", "documentation"),
+    "math_word_problems": ("id", "template", "level", "numbers", "instance", "question", "solution", "answer"),
 }
 GROUP = {"sharegpt_chat": "conversation_id", "sharegpt_code": "conversation_id",
-         "python_code": "module", "function_calling": "id"}
+         "python_code": "module", "function_calling": "id", "math_word_problems": "instance"}
 
 
 def _examples(data_dir, name, split):
@@ -74,6 +75,54 @@ def test_function_calls_parse_and_name_real_functions(small_data):
       inspect.signature(fn).bind_partial(**call["arguments"])  # valid argument names
       for k, v in call["arguments"].items():
         assert k in ex["prompt"] and json.dumps(v) in ex["prompt"]  # the request states them
+
+
+def _check_math(ex):
+  """One math example is right: every step's arithmetic, the final line, and the answer recomputed from
+  the numbers by the template's own formula all agree with the stored answer."""
+  numbers = json.loads(ex["numbers"])
+  answer = int(ex["answer"])
+  assert math_word_problems.check_solution(ex["solution"]) == answer
+  assert math_word_problems.solve(ex["template"], numbers) == answer
+  assert ex["instance"] == math_word_problems.instance_key(ex["template"], numbers)
+  assert all(str(n) in ex["question"] for n in numbers)  # the question states its numbers
+  assert math_word_problems.extract_answer(ex["solution"]) == answer
+
+
+def test_every_stored_math_answer_is_correct(small_data):
+  seen = {}
+  for split in SPLITS:
+    for ex in _examples(small_data[0], "math_word_problems", split):
+      _check_math(ex)
+      seen.setdefault(ex["instance"], set()).add((split, ex["question"]))
+  assert {ex["template"] for ex in _examples(small_data[0], "math_word_problems", "train")} == set(
+      math_word_problems.TEMPLATES)
+  # the same instance recurs under other names: the split follows the instance, not the wording
+  reworded = [v for v in seen.values() if len({q for _, q in v}) > 1]
+  assert reworded and all(len({s for s, _ in v}) == 1 for v in reworded)
+
+
+def test_the_full_math_generator_is_verified():
+  examples = [ex for _, _, ex in math_word_problems.math_examples()]
+  assert len(examples) == len(math_word_problems.TEMPLATES) * 3 * math_word_problems.EXAMPLES_PER_TEMPLATE_LEVEL
+  for ex in examples:
+    _check_math(ex)
+  assert {ex["level"] for ex in examples} == {1, 2, 3}
+
+
+def test_math_solution_checker_rejects_wrong_work():
+  good = "Saved: 10 * 4 = 40 dollars.\nAfter the gift: 40 - 5 = 35 dollars.\n#### 35"
+  assert math_word_problems.check_solution(good) == 35
+  with pytest.raises(ValueError, match="wrong step"):
+    math_word_problems.check_solution(good.replace("= 40 dollars", "= 41 dollars"))
+  with pytest.raises(ValueError, match="last step"):
+    math_word_problems.check_solution(good.replace("#### 35", "#### 36"))
+  with pytest.raises(ValueError, match="exact integer division"):
+    math_word_problems.evaluate("7 / 2")
+  with pytest.raises(ValueError, match="not integer arithmetic"):
+    math_word_problems.evaluate("__import__('os')")
+  assert math_word_problems.extract_answer("so #### 1,234 done") == 1234
+  assert math_word_problems.extract_answer("no final line") is None
 
 
 def test_truncated_sharegpt_json_keeps_complete_records(tmp_path):

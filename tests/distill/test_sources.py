@@ -50,6 +50,27 @@ def test_mixture_rows_split_by_lambda(small_data, tmp_path):
   assert not np.array_equal(mixed["tokens"][:2], fixed["tokens"][:2])  # but draft-written responses
 
 
+def test_mixture_schedules_warm_start_from_target_generated_data(small_data, tmp_path):
+  from specdistill_jax.distill import sources
+  assert [sources.mixture_schedule("linear", 1.0, 5)(i) for i in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
+  assert [sources.mixture_schedule("step", 0.5, 4, 0.5)(i) for i in range(4)] == [0.0, 0.0, 0.5, 0.5]
+  with pytest.raises(ValueError, match="schedule 'cosine'"):
+    sources.mixture_schedule("cosine", 0.5, 4)
+  # warm start: target-generated rows for the first half of the run, then every row on-policy
+  cfg = micro_config(small_data[0], "mixture", steps=4, mixture_lambda=1.0, mixture_schedule="step",
+                     mixture_other="teacher_online", on_policy_temperature=0.5)
+  parts = components.build(cfg, str(tmp_path))
+  assert parts.source.on_policy.temperature == 0.5 and parts.source.other.temperature == 1.0
+  assert [parts.source.rows_on_policy(i) for i in range(4)] == [0, 0, 4, 4]
+  np.testing.assert_array_equal(parts.source.batch(1, parts.draft)["tokens"], parts.source.other.batch(1)["tokens"])
+  late = parts.source.batch(3, parts.draft)
+  np.testing.assert_array_equal(late["tokens"], parts.source.on_policy.batch(3, parts.draft)["tokens"])
+  assert not np.array_equal(late["tokens"], parts.source.other.batch(3)["tokens"])
+  cfg.data.mixture_other = "replay"
+  with pytest.raises(ValueError, match="mixture_other='replay'"):
+    components.build(cfg, str(tmp_path / "bad"))
+
+
 def test_offline_cache_records_settings_and_costs_o_k(small_data, tmp_path):
   cfg = micro_config(small_data[0], "teacher_offline", gen_temperature=0.7)
   parts = components.build(cfg, str(tmp_path))
