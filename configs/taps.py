@@ -17,7 +17,15 @@ tree at the chain's cost TreeSpec(4, 2, 4). 3 seeds. Measured run time on 2 CPU 
 confidence 2.82 / 2.30 and by entropy 2.84 / 2.36, merged tree 3.37 / 2.83 (longest at both
 temperatures, as TAPS finds), tools drafter's own tree 3.07 / 2.63.
 
-Presets: cpu, micro (smoke test), gpu (two Qwen2.5-0.5B-Instruct drafters distilled on
+Math domain (preset `math`; `micro,math=True` for its smoke test): the target is target_math
+(the general target fine-tuned on math_word_problems + sharegpt_chat), the domains chat and
+math, and a third drafter distilled on the mixture of both corpora (TAPS' mixed data); the
+math domain also reports answer accuracy (the final '#### answer' of each output against
+the verified one) of plain decoding and of lossy SD (lenience f_lin / f_exp at
+`lossy_eps`, T=1, chains) with each drafter and the routed pair, on `answer_prompts`
+validation problems per seed with `answer_tokens` new tokens.
+
+Presets: cpu, math, micro (smoke test), gpu (two Qwen2.5-0.5B-Instruct drafters distilled on
 gsm8k and sharegpt_chat against Qwen2.5-7B-Instruct; local checkpoints under $MODELS_DIR).
 """
 
@@ -25,8 +33,13 @@ from configs import common
 
 
 def get_config(arg=None):
-  scale, inline = common.parse_arg(arg, "cpu", ("cpu", "micro", "gpu"))
+  preset, inline = common.parse_arg(arg, "cpu", ("cpu", "math", "micro", "gpu"))
+  math = bool(inline.pop("math", preset == "math"))
+  scale = "cpu" if preset == "math" else preset
   c = common.study_config(scale)
+  c.preset = preset if not (math and preset == "micro") else "micro,math=True"
+  c.study = "taps_math" if math else "taps"
+  c.mixed = math  # a third drafter on all domains' data
   if scale == "gpu":
     c.tokenizer = common.models_dir("Qwen2.5-7B-Instruct")
     c.target, c.draft = common.models_dir("Qwen2.5-7B-Instruct"), common.models_dir("Qwen2.5-0.5B-Instruct")
@@ -34,6 +47,9 @@ def get_config(arg=None):
   else:
     c.target, c.draft = common.world("target_mix", "hf"), common.world("draft_generic", "hf")
     c.domains = (("chat", "sharegpt_chat"), ("tools", "function_calling"))  # (name, corpus)
+  if math and scale != "gpu":
+    c.target = common.world("target_math", "hf")
+    c.domains = (("chat", "sharegpt_chat"), ("math", "math_word_problems"))
   steps = 150 if scale == "cpu" else 1000
   c.base = common.distill_cell(scale, c.target, c.draft, "sharegpt_chat", steps=steps)
   if c.tokenizer:
@@ -44,5 +60,10 @@ def get_config(arg=None):
   # a single drafter's tree at the chain's cost is (gamma, tree_top_k, gamma)
   c.tree_top_k = 2
   c.tree_nodes_per_level = 2
+  # answer accuracy (domains whose corpus has verified answers: math_word_problems, gsm8k)
+  c.answer_prompts = 2 if scale == "micro" else 64
+  c.answer_tokens = 8 if scale == "micro" else 96
+  c.lossy_kinds = ("lin", "exp")
+  c.lossy_eps = (0.5,) if scale == "micro" else (0.5, 0.2, 0.05)
   common.apply_overrides(c, inline)
   return c

@@ -5,7 +5,9 @@ Methods, on each domain at T=0 and T=1, 3 seeds: each drafter alone (chain), the
 parameter average, routed chains with the confidence and the entropy signal, the
 merged tree of both drafters (one target pass), and each drafter's own dynamic tree, of
 the merged tree's spec and with as many verified drafts as its chain (equal cost).
-Writes experiments/results/taps.md and taps.png.
+With a third, mixed-data drafter (configs/taps.py:math) it is compared with the specialists,
+and a domain with verified answers (math) adds answer accuracy of plain decoding and of lossy
+SD. Writes experiments/results/taps.md and taps.png (taps_math.md / .png for the math preset).
 """
 
 from __future__ import annotations
@@ -16,31 +18,37 @@ import os
 import numpy as np
 import studylib as lib
 
-from specdistill_jax import sampling
+from specdistill_jax import evaluate, sampling
+from specdistill_jax.data.math_word_problems import extract_answer
 
 CLAIM = ("TAPS (2603.27027): each specialised drafter wins on its own domain; checkpoint (parameter) "
          "averaging fails; confidence routing beats either single drafter overall (HASS tau, MT/GSM8K/"
-         "MATH-500/SVAMP: math 2.37/4.96/5.42/4.94, ShareGPT 3.89/4.17/3.98/4.09, routed 3.93/4.93/5.38/4.88).")
+         "MATH-500/SVAMP: math 2.37/4.96/5.42/4.94, ShareGPT 3.89/4.17/3.98/4.09, routed 3.93/4.93/5.38/4.88); "
+         "mixing the training data gives no clear winner.")
+ANSWER_CORPORA = ("math_word_problems", "gsm8k")  # references end in '#### answer'
 
 
 def run(config) -> str:
   chat = lib.ChatFormat.from_dir(config.tokenizer) if config.tokenizer else lib.chat_format(config.data_dir)
-  report = lib.Report("taps", "TAPS: specialised drafters, averaged vs routed",
-                      f"python experiments/taps.py --config=configs/taps.py:{config.scale}")
+  report = lib.Report(config.study, "TAPS: specialised drafters, averaged vs routed"
+                      + (", with a mixed-data drafter" if config.mixed else ""),
+                      f"python experiments/taps.py --config=configs/taps.py:{config.preset}")
   target = lib.model(config.target)
   names = [n for n, _ in config.domains]
+  trained = list(config.domains) + ([("mixed", ",".join(c for _, c in config.domains))] if config.mixed else [])
+  cell_dir = "taps" if config.study == "taps" else config.study
   drafters = {}
-  for name, corpus in config.domains:
+  for name, corpus in trained:
     for seed in range(config.seeds):
       c = copy.deepcopy(config.base)
       c.data.corpora, c.seed = corpus, seed
-      drafters[name, seed] = lib.train_cell(c, os.path.join(config.workdir, "taps", f"{name}_s{seed}"))
+      drafters[name, seed] = lib.train_cell(c, os.path.join(config.workdir, cell_dir, f"{name}_s{seed}"))
   tree = sampling.TreeSpec(config.gamma, config.tree_top_k, config.tree_nodes_per_level * config.gamma)
   equal_cost = sampling.TreeSpec(config.gamma, config.tree_top_k, config.gamma)
   single = lambda n: (lambda s: lib.model(drafters[n, s]))  # noqa: E731
   both = lambda s: [lib.model(drafters[n, s]) for n in names]  # noqa: E731
   # method -> (draft_of(seed), decode keywords)
-  methods = {f"{n} drafter": (single(n), {}) for n in names}
+  methods = {f"{n} drafter": (single(n), {}) for n, _ in trained}
   averaged = {}
 
   def average(seed):
@@ -52,7 +60,7 @@ def run(config) -> str:
   for signal in ("confidence", "entropy"):
     methods[f"routed chain ({signal})"] = (both, {"signal": signal})
   methods["merged tree"] = (both, {"tree": tree})
-  for n in names:
+  for n, _ in trained:
     methods[f"{n} drafter, tree"] = (single(n), {"tree": tree})
     methods[f"{n} drafter, tree at chain cost"] = (single(n), {"tree": equal_cost})
   results = {}
@@ -61,6 +69,11 @@ def run(config) -> str:
                               corpus_config=config.corpus_config) for s in range(config.seeds)}
     for method, (draft_of, decode) in methods.items():
       results[domain, method] = lib.seed_stats(target, draft_of, prompts, config, **decode)
+  for domain, corpus in config.domains:
+    if corpus in ANSWER_CORPORA:
+      answer_accuracy(report, config, chat, target, corpus, domain,
+                      {m: methods[m][0] for m in methods if m.endswith("drafter") and "," not in m},
+                      both, [n for n in names])
   rows = []
   for method in methods:
     row = [method]
@@ -83,13 +96,60 @@ def run(config) -> str:
               "so averaging them is less harmful than averaging independently trained models; routing at "
               "temperature 1 uses the previous round's confidences to keep the output exactly the target's "
               "(sampling/routing.py); trees are exact at every temperature (sampling/tree.py).")
-  plt, save = lib.figure("taps", config.results_dir or None)
+  if config.mixed:
+    report.text(mixed_verdict(results, names, config.temperatures))
+  plt, save = lib.figure(config.study, config.results_dir or None)
   fig, axes = plt.subplots(1, len(config.temperatures), figsize=(5 * len(config.temperatures), 3.6))
   for ax, t in zip(np.atleast_1d(axes), config.temperatures):
     lib.bar_chart(ax, names, {m: [results[d, m][t]["tau"] for d in names] for m in methods}, "tau", f"T={t:g}")
     ax.legend(fontsize=6)
   save(fig)
   return report.write(config.results_dir or None)
+
+
+def answer_accuracy(report, config, chat, target, corpus, domain, singles, both, names) -> None:
+  """Answer accuracy of plain decoding and of lossy SD (chains, T=1) with each drafter and the routed pair."""
+  runs = {}
+  for seed in range(config.seeds):
+    prompts = lib.prompts(chat, corpus, config.answer_prompts, seed, config.max_prompt_tokens,
+                          corpus_config=config.corpus_config)
+    answers = [extract_answer(r) for r in lib.references(corpus, config.answer_prompts, seed,
+                                                         corpus_config=config.corpus_config)]
+    score = lambda outs: evaluate.answer_accuracy([chat.decode(o) for o in outs], answers)  # noqa: E731
+    for temp in config.temperatures:
+      g = sampling.generate_batch(target, prompts, config.answer_tokens, temp, rng=seed)
+      toks, lens = np.asarray(g.tokens), np.asarray(g.lengths)
+      runs.setdefault(("target, plain decoding", f"T={temp:g}"), []).append(
+          (score([list(toks[r, : lens[r]]) for r in range(len(prompts))]), float("nan")))
+    settings = [(None, "lossless")] + [((k, e), f"f_{k} eps={e:g}") for k in config.lossy_kinds
+                                        for e in config.lossy_eps]
+    drafts = dict(singles, **{f"routed ({'/'.join(names)}, confidence)": both})
+    for method, draft_of in drafts.items():
+      for lenience, label in settings:
+        r = lib.evaluate_pair(target, draft_of(seed), prompts, config.gamma, 1.0, seed, config.answer_tokens,
+                              lenience=lenience)
+        runs.setdefault((method, label), []).append((score(r["outputs"]), r["tau"]))
+  rows = [[m, label, lib.fmt(lib.aggregate([a for a, _ in v])),
+           lib.fmt(lib.aggregate([t for _, t in v]), 2)] for (m, label), v in runs.items()]
+  report.table(["decoder", "acceptance", "answer accuracy", "tau"], rows,
+               f"**Answer accuracy on {domain}** ({corpus} validation, {config.answer_prompts} problems x "
+               f"{config.answer_tokens} tokens per seed, mean ± std over {config.seeds} seeds): the final "
+               "'#### answer' against the verified one. SD rows sample at T=1 (lossless = the target's own "
+               "distribution; lenience trades accuracy for tau, DistillSpec's lossy SD).")
+
+
+def mixed_verdict(results, names, temperatures) -> str:
+  """TAPS: mixing the training data gives no clear winner (is the mixed drafter best on every domain?)."""
+  lines = []
+  for t in temperatures:
+    per = {d: {m: results[d, f"{m} drafter"][t]["tau"].mean for m in [*names, "mixed"]} for d in names}
+    wins = [d for d in names if per[d]["mixed"] >= max(per[d].values()) - 1e-9]
+    lines.append(f"T={t:g}: mixed-data drafter tau " + ", ".join(
+        f"{d} {per[d]['mixed']:.2f} (own specialist {per[d][d]:.2f})" for d in names)
+        + f"; best on {len(wins)} of {len(names)} domains: "
+        + ("a clear winner: disagrees with 'no clear winner'." if len(wins) == len(names) else
+           "no clear winner: agrees."))
+  return "**Mixed training data.** " + " ".join(lines)
 
 
 def verdicts(results, names, temperatures) -> list[str]:

@@ -15,17 +15,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 STUDIES = ("domain_shift", "divergence_grid", "domain_draft", "adaspec", "lossy", "taps", "feature_drafters",
-           "model_garden", "onpolicy_ablation")
+           "model_garden", "onpolicy_ablation", "taps:math")
 
 
 @pytest.mark.parametrize("study", STUDIES)
 def test_study_driver_writes_table_and_plot(micro_world, tmp_path, study):
-  config = importlib.import_module(f"configs.{study}").get_config("micro")
+  study, _, variant = study.partition(":")
+  config = importlib.import_module(f"configs.{study}").get_config("micro" + (f",{variant}=True" if variant else ""))
   config.results_dir = str(tmp_path)
   path = importlib.import_module(study).run(config)
   text = open(path).read()
   assert "|---" in text and "Against the paper" in text and "Command: `python experiments/" in text
-  assert os.path.getsize(tmp_path / f"{study}.png") > 1000
+  name = f"{study}_{variant}" if variant else study
+  assert os.path.basename(path) == f"{name}.md" and os.path.getsize(tmp_path / f"{name}.png") > 1000
+  if variant == "math":
+    assert "mixed drafter" in text and "answer accuracy" in text and "f_lin eps=0.5" in text
 
 
 def test_quick_study_runs(micro_world, small_data, tmp_path):

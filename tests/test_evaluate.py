@@ -1,0 +1,41 @@
+"""Quality metrics: cross-entropy under a reference model, answer accuracy."""
+
+import jax
+import numpy as np
+import pytest
+
+from specdistill_jax import evaluate
+from tests.sampling.helpers import tiny
+from tests.tolerances import fp32_atol
+
+
+def _log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_reference_cross_entropy_is_entropy_plus_kl_per_row():
+  reference, model = tiny(61, seed=0), tiny(61, seed=3, preset="micro")
+  rng = np.random.default_rng(0)
+  prompts = [list(rng.integers(1, 61, n)) for n in (3, 6, 2)]
+  responses = [list(rng.integers(1, 61, n)) for n in (5, 2, 7)]
+  got = evaluate.reference_cross_entropy(reference, model, prompts, responses, batch_size=2)
+  own = evaluate.reference_cross_entropy(reference, reference, prompts, responses)
+  for r, (p, o) in enumerate(zip(prompts, responses)):
+    seq = np.asarray([p + o])
+    log_p = _log_softmax(np.asarray(reference(jax.numpy.asarray(seq)), np.float64))[0]
+    log_q = _log_softmax(np.asarray(model(jax.numpy.asarray(seq)), np.float64))[0]
+    steps = range(len(p) - 1, len(p) + len(o) - 1)  # positions that predict the response tokens
+    want = np.mean([-(np.exp(log_p[t]) * log_q[t]).sum() for t in steps])
+    entropy = np.mean([-(np.exp(log_p[t]) * log_p[t]).sum() for t in steps])
+    tol = fp32_atol(want, 61, depth=4)
+    assert got[r] == pytest.approx(want, abs=tol)
+    assert own[r] == pytest.approx(entropy, abs=tol)
+    assert got[r] > own[r]  # Gibbs: another model pays a positive KL
+  with pytest.raises(ValueError, match="vocabulary mismatch"):
+    evaluate.reference_cross_entropy(reference, tiny(62), prompts, responses)
+
+
+def test_answer_accuracy_reads_the_final_answer():
+  outputs = ["2 * 3 = 6\n#### 6", "#### 7", "no answer", "1 + 1 = 2\n#### 1,000"]
+  assert evaluate.answer_accuracy(outputs, [6, 6, 3, "1000"]) == 0.5
