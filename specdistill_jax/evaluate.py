@@ -126,22 +126,28 @@ def _logprob_program(graphdef):
   return run
 
 
+def _scored_batches(prompts, outputs, pad_id: int, batch_size: int):
+  """(tokens [b, W], mask over the output tokens [b, W]) per batch of prompt + output rows; one width
+  W (a multiple of 16) for all batches, so one compiled program scores them."""
+  width = ((max(len(p) + len(o) for p, o in zip(prompts, outputs)) + 15) // 16) * 16
+  for s in range(0, len(prompts), batch_size):
+    rows = list(zip(prompts[s:s + batch_size], outputs[s:s + batch_size]))
+    tokens = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), np.float32)
+    for r, (p, o) in enumerate(rows):
+      tokens[r, : len(p) + len(o)] = list(p) + list(o)
+      mask[r, len(p): len(p) + len(o)] = 1.0
+    yield jnp.asarray(tokens), jnp.asarray(mask)
+
+
 def target_log_likelihood(target, prompts: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]],
                           batch_size: int = 32) -> float:
   """Mean per-token log-probability the target assigns to `outputs` after `prompts`."""
   graphdef, state = nnx.split(target)
   run = _logprob_program(graphdef)
-  width = max(len(p) + len(o) for p, o in zip(prompts, outputs))
-  width = ((width + 15) // 16) * 16
   total, count = 0.0, 0.0
-  for s in range(0, len(prompts), batch_size):
-    rows = list(zip(prompts[s:s + batch_size], outputs[s:s + batch_size]))
-    tokens = np.full((len(rows), width), target.config.pad_token_id, np.int32)
-    mask = np.zeros((len(rows), width), np.float32)
-    for r, (p, o) in enumerate(rows):
-      tokens[r, : len(p) + len(o)] = list(p) + list(o)
-      mask[r, len(p): len(p) + len(o)] = 1.0
-    lp, n = run(state, jnp.asarray(tokens), jnp.asarray(mask))
+  for tokens, mask in _scored_batches(prompts, outputs, target.config.pad_token_id, batch_size):
+    lp, n = run(state, tokens, mask)
     total, count = total + float(lp), count + float(n)
   return total / max(count, 1.0)
 
@@ -188,16 +194,9 @@ def reference_cross_entropy(reference, model, prompts: Sequence[Sequence[int]],
                      f"{model.config.vocab_size}")
   (ref_graphdef, ref_state), (graphdef, state) = nnx.split(reference), nnx.split(model)
   run = _cross_entropy_program(ref_graphdef, graphdef)
-  width = ((max(len(p) + len(r) for p, r in zip(prompts, responses)) + 15) // 16) * 16
   out = []
-  for s in range(0, len(prompts), batch_size):
-    rows = list(zip(prompts[s:s + batch_size], responses[s:s + batch_size]))
-    tokens = np.full((len(rows), width), model.config.pad_token_id, np.int32)
-    mask = np.zeros((len(rows), width), np.float32)
-    for r, (p, o) in enumerate(rows):
-      tokens[r, : len(p) + len(o)] = list(p) + list(o)
-      mask[r, len(p): len(p) + len(o)] = 1.0
-    total, count = run(ref_state, state, jnp.asarray(tokens), jnp.asarray(mask))
+  for tokens, mask in _scored_batches(prompts, responses, model.config.pad_token_id, batch_size):
+    total, count = run(ref_state, state, tokens, mask)
     out.append(np.asarray(total) / np.maximum(np.asarray(count), 1.0))
   return np.concatenate(out)
 
