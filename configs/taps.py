@@ -64,6 +64,6 @@ def get_config(arg=None):
   c.answer_prompts = 2 if scale == "micro" else 64
   c.answer_tokens = 8 if scale == "micro" else 96
   c.lossy_kinds = ("lin", "exp")
-  c.lossy_eps = (0.5,) if scale == "micro" else (0.5, 0.2, 0.05)
+  c.lossy_eps = (0.5,) if scale == "micro" else (0.5, 0.1)
   common.apply_overrides(c, inline)
   return c
