@@ -4,7 +4,8 @@
 
 1. prepares the bundled corpora and the tokenizer (specdistill_jax.data.prepare);
 2. trains target_general and draft_generic from scratch, then fine-tunes target_code,
-   target_tools, target_mix and target_math from target_general, each with
+   target_tools, target_mix and target_math_base from target_general and target_math from
+   target_math_base, each with
    `python -m specdistill_jax.train --config=configs/world.py:NAME,scale=SCALE`;
 3. writes DIR/manifest.json and experiments/results/world.md (sizes, steps, minutes, CE).
 A model whose DIR/NAME/hf already exists is reused; an interrupted run resumes from its
@@ -23,7 +24,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-ORDER = ("target_general", "draft_generic", "target_code", "target_tools", "target_mix", "target_math")
+ORDER = ("target_general", "draft_generic", "target_code", "target_tools", "target_mix", "target_math_base",
+         "target_math")
 
 
 def paths(world: str | None, data_dir: str | None) -> tuple[str, str]:

@@ -76,13 +76,17 @@ def train(config) -> tuple[dict, dict]:
   """The distilled targets {layers: hf dir} and drafts {layers | 'large': hf dir}."""
   root = os.path.join(config.workdir, "model_garden")
   smalls, drafts = {}, {}
+  large_cache = os.path.join(root, "teacher_cache_large")  # one set of the large model's generations
   for layers in config.small_layers:
     c = copy.deepcopy(config.small)
     c.draft = common.model(target_layers=int(layers), dtype="bfloat16")
+    c.data.offline_cache = large_cache
     smalls[layers] = lib.train_cell(c, os.path.join(root, f"target_{layers}layer"))
   for name, target in [("large", config.large)] + [(k, v) for k, v in smalls.items()]:
     c = copy.deepcopy(config.draft_cell)
     c.target.hf_path = target
+    if name == "large":
+      c.data.offline_cache = large_cache
     drafts[name] = lib.train_cell(c, os.path.join(root, f"draft_to_{name if name == 'large' else f'{name}layer'}"))
   return smalls, drafts
 
