@@ -49,7 +49,7 @@ def get_config(arg=None):
   c.base = grid.base
   c.base.objective.loss = "fkl"
   c.base_steps = c.base.train.steps
-  c.cells = ("on-policy,target-generated,warm start: target then on-policy" if scale == "micro"
+  c.cells = ("target-generated,warm start: target then on-policy" if scale == "micro"
              else ",".join(CELLS))
   c.loglik_prompts = 2 if scale == "micro" else 32
   common.apply_overrides(c, inline)
