@@ -7,7 +7,8 @@ target on sharegpt_code with FKL, batch 16 x 128, lr 1e-3, 120 steps; there on-p
 gave mean alpha 0.501 vs 0.552 for target-generated data at T=0. Cells (3 seeds each; the same
 prompts, evaluation and seeds as the grid):
 * target-generated / on-policy at 1x, 2x and 4x the steps (does the gap close with training?);
-* on-policy sampled at T=0.5 instead of 1.0 (cleaner draft samples);
+* on-policy sampled at T=0.5 instead of 1.0 (cleaner draft samples), and its control: the
+  target's data sampled at T=0.5 (is it the source or the temperature?);
 * warm start: target-generated data for the first half of the steps, then on-policy
   (data.source=mixture, mixture_other=teacher_online, lambda 1, schedule 'step');
 * lambda ramp: the on-policy fraction of each batch grows linearly 0 -> 1 over the run.
@@ -30,6 +31,7 @@ CELLS = {  # name -> (steps factor, overrides of the base cell)
     "target-generated 4x steps": (4, {"data.source": "teacher_online"}),
     "on-policy 4x steps": (4, {"data.source": "on_policy"}),
     "on-policy T=0.5": (1, {"data.source": "on_policy", "data.on_policy_temperature": 0.5}),
+    "target-generated T=0.5": (1, {"data.source": "teacher_online", "data.gen_temperature": 0.5}),
     "warm start: target then on-policy": (1, {"data.source": "mixture", "data.mixture_other": "teacher_online",
                                                 "data.mixture_lambda": 1.0, "data.mixture_schedule": "step"}),
     "lambda ramp 0 -> 1": (1, {"data.source": "mixture", "data.mixture_other": "teacher_online",
@@ -38,6 +40,7 @@ CELLS = {  # name -> (steps factor, overrides of the base cell)
 # (on-policy variant, its target-generated reference) pairs the verdict compares
 PAIRS = (("on-policy", "target-generated"), ("on-policy 2x steps", "target-generated 2x steps"),
          ("on-policy 4x steps", "target-generated 4x steps"), ("on-policy T=0.5", "target-generated"),
+         ("on-policy T=0.5", "target-generated T=0.5"), ("target-generated T=0.5", "target-generated"),
          ("warm start: target then on-policy", "target-generated"), ("lambda ramp 0 -> 1", "target-generated"))
 
 

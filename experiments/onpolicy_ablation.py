@@ -49,15 +49,20 @@ def paired_difference(a, b) -> tuple[float, float, float]:
   return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
-def judge(diff) -> str:
+def judge(diff, against_paper: bool) -> str:
+  """'worse' / 'better' / 'no significant difference' by the interval; for an on-policy variant against
+  target-generated data, also whether that agrees with 'on-policy matches or beats'."""
   mean, low, high = diff
   if math.isnan(low):
     return "one seed: no interval"
-  if high < 0:
-    return "on-policy worse (CI below 0): disagrees"
-  if low > 0:
-    return "on-policy better (CI above 0): agrees"
-  return "no significant difference (CI spans 0): agrees (matches)"
+  word = "worse (CI below 0)" if high < 0 else "better (CI above 0)" if low > 0 else "no significant difference"
+  if not against_paper:
+    return word
+  return word + (": disagrees" if high < 0 else ": agrees")
+
+
+def on_policy_vs_target(a: str, b: str) -> bool:
+  return not a.startswith("target-generated") and b.startswith("target-generated")
 
 
 def run(config) -> str:
@@ -107,8 +112,10 @@ def run(config) -> str:
     row = [f"{a} - {b}"]
     for t in temps:
       diff = paired_difference([r["alpha"] for r in results[a][t]["runs"]], [r["alpha"] for r in results[b][t]["runs"]])
-      row += [f"{diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]", judge(diff)]
-      summary["pairs"].append(dict(on_policy=a, reference=b, temperature=t, diff=diff, verdict=judge(diff)))
+      verdict = judge(diff, on_policy_vs_target(a, b))
+      row += [f"{diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]", verdict]
+      summary["pairs"].append(dict(on_policy=a, reference=b, temperature=t, diff=diff, verdict=verdict,
+                                   against_paper=on_policy_vs_target(a, b)))
     diff_rows.append(row)
   report.table(["comparison"] + [h for t in temps for h in (f"alpha difference T={t:g} [95% CI]", f"verdict T={t:g}")],
                diff_rows, "Paired by seed (the same prompts); t intervals over seeds.")
@@ -140,37 +147,49 @@ def run(config) -> str:
 
 def conclusion(summary, ll, names) -> str:
   """Whether the disagreement persists, and the measured reason, from the numbers."""
-  pairs = summary["pairs"]
-  worse = [p for p in pairs if p["verdict"].startswith("on-policy worse")]
-  fixed = [p for p in pairs if not p["verdict"].startswith("on-policy worse") and p["on_policy"] != "on-policy"]
-  base = [p for p in pairs if p["on_policy"] == "on-policy"]
+  pairs = [p for p in summary["pairs"] if p["against_paper"]]
+  find = lambda a, b, t: next((p for p in summary["pairs"] if (p["on_policy"], p["reference"], p["temperature"])  # noqa: E731
+                               == (a, b, t)), None)
+  ci = lambda p: f"{p['diff'][0]:+.3f} [{p['diff'][1]:+.3f}, {p['diff'][2]:+.3f}]"  # noqa: E731
+  worse = [p for p in pairs if "worse" in p["verdict"]]
   parts = []
+  base = [p for p in pairs if p["on_policy"] == "on-policy" and p["reference"] == "target-generated"]
   if base:
-    parts.append("Baseline (grid setting): " + "; ".join(
-        f"T={p['temperature']:g} on-policy - target-generated alpha {p['diff'][0]:+.3f} "
-        f"[{p['diff'][1]:+.3f}, {p['diff'][2]:+.3f}]" for p in base) + ".")
-  parts.append(f"The disagreement persists in {len(worse)} of {len(pairs)} comparisons"
-               + (": " + ", ".join(f"{p['on_policy']} (T={p['temperature']:g})" for p in worse) if worse else "")
-               + ". " + (("Variants without a significant deficit: " + ", ".join(
-                   f"{p['on_policy']} (T={p['temperature']:g}, {p['diff'][0]:+.3f})" for p in fixed) + ".")
-                         if fixed else "No variant removes it."))
-  own = ll.get("(the target's own samples)")
-  on = ll.get("on-policy")
-  if own is not None and on is not None and "target-generated" in ll:
-    gap = own.mean - on.mean
+    parts.append("Baseline (the grid's setting): on-policy - target-generated alpha " + "; ".join(
+        f"T={p['temperature']:g} {ci(p)}" for p in base) + ".")
+  parts.append(f"On-policy data is significantly worse than target-generated data in {len(worse)} of {len(pairs)} "
+               "comparisons" + (": " + ", ".join(f"{p['on_policy']} vs {p['reference']} (T={p['temperature']:g})"
+                                                 for p in worse) if worse else "")
+               + "; in the others it matches or beats it.")
+  temps = sorted({p["temperature"] for p in summary["pairs"]})
+  for t in temps:
+    op, tg, cold = (find("on-policy T=0.5", "target-generated T=0.5", t), find("target-generated T=0.5", "target-generated", t),
+                    find("on-policy T=0.5", "target-generated", t))
+    if op and tg and cold:
+      parts.append(f"Sampling temperature (T={t:g} evaluation): on-policy data at 0.5 vs target-generated at 1.0 "
+                   f"{ci(cold)}; at equal temperature 0.5 on-policy vs target-generated {ci(op)} ({op['verdict']}); "
+                   f"target-generated 0.5 vs 1.0 {ci(tg)} ({tg['verdict']}).")
+  for t in temps:
+    w = find("warm start: target then on-policy", "target-generated", t)
+    r = find("lambda ramp 0 -> 1", "target-generated", t)
+    if w and r:
+      parts.append(f"Warm start at T={t:g}: {ci(w)} ({w['verdict']}); lambda ramp {ci(r)} ({r['verdict']}).")
+  for t in temps:
+    steps = [find(f"on-policy {k}x steps", f"target-generated {k}x steps", t) for k in (2, 4)]
+    if any(steps):
+      parts.append(f"More steps at T={t:g}: " + "; ".join(f"{p['on_policy'].split(' ', 1)[1]} {ci(p)}" for p in steps if p)
+                   + (" (base " + ci(find("on-policy", "target-generated", t)) + ")"
+                      if find("on-policy", "target-generated", t) else "") + ".")
+  own, on, tgd = ll.get("(the target's own samples)"), ll.get("on-policy"), ll.get("target-generated")
+  if own is not None and on is not None and tgd is not None:
     parts.append(
-        f"Data distance: SD's verified prefixes are the target's own text, which the target scores at "
-        f"{own.mean:.3f} nats/token; the on-policy drafts' own T=1 samples score {on.mean:.3f} ({gap:+.3f} below), "
-        f"those of drafts trained on target-generated data {ll['target-generated'].mean:.3f}. ")
-    if gap > 0.3:
-      parts[-1] += ("So on-policy training spends its steps on states the target rarely visits, while "
-                    "target-generated data trains on the states SD meets; the exposure bias that on-policy data "
-                    "corrects (GKD) matters when the student decodes alone, not when the target chooses every "
-                    "accepted prefix. The gap closes only as the draft's samples approach the target's, which a "
-                    "1.4M draft after a few hundred steps does not reach; DistillSpec's drafts are far closer to "
-                    "their targets.")
-    else:
-      parts[-1] += "The two data distributions are close, so distance alone does not explain a gap."
+        f"Data distance: the target scores its own T=1 samples (target-generated training data, and the text SD's "
+        f"verified prefixes follow) at {own.mean:.3f} nats/token, and the draft's T=1 samples (on-policy training "
+        f"data) at {on.mean:.3f} after on-policy training, {tgd.mean:.3f} after target-generated training. "
+        + ("On-policy training therefore spends its steps on states that SD's verified prefixes rarely reach: the "
+           "exposure bias on-policy data corrects (GKD) matters when the student decodes alone, while in SD the target "
+           "chooses every accepted prefix." if own.mean - on.mean > 0.3 else
+           "The two data distributions are close, so distance alone does not explain a gap."))
   return " ".join(parts)
 
 
