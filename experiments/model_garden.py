@@ -10,6 +10,7 @@ Writes experiments/results/model_garden.md and model_garden.png.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 
@@ -23,6 +24,15 @@ from specdistill_jax.data.prompts import sampled_examples
 CLAIM = ("DistillSpec (2310.08461), model garden: distilling the large model into a smaller target "
          "first, then a draft towards that, cuts decoding latency 6-10x against the large model with "
          "negligible loss of quality.")
+
+
+def valid_call(text: str) -> bool:
+  """Does the output parse as a tool call: a JSON object with a string name and an arguments object?"""
+  try:
+    call = json.loads(text)
+  except json.JSONDecodeError:
+    return False
+  return isinstance(call, dict) and isinstance(call.get("name"), str) and isinstance(call.get("arguments"), dict)
 
 
 def bootstrap_ci(values, rng, n: int, stat=np.mean) -> tuple[float, float, float]:
@@ -125,8 +135,10 @@ def run(config) -> str:
     for name, (verifier, run_fn) in decoders(config, large, smalls, drafts, temp).items():
       latency = per_prompt_latency(lambda p, f=run_fn: f(p)[:2], latency_prompts)
       outputs = run_fn(quality_prompts)[2]
-      hits = [evaluate.json_exact_match([chat.decode(o).strip()], [r]) for o, r in zip(outputs, refs)]
-      results[name, temp] = dict(verifier=verifier, latency=latency, hits=np.asarray(hits))
+      texts = [chat.decode(o).strip() for o in outputs]
+      hits = [evaluate.json_exact_match([o], [r]) for o, r in zip(texts, refs)]
+      results[name, temp] = dict(verifier=verifier, latency=latency, hits=np.asarray(hits),
+                                 valid=np.asarray([valid_call(o) for o in texts], float))
   rows, points = [], {}
   for temp in config.temperatures:
     base = results["(a) large, AR", temp]["latency"]
@@ -135,12 +147,13 @@ def run(config) -> str:
       speed = bootstrap_ci(base / r["latency"], rng, config.bootstrap)  # paired by prompt
       ce = bootstrap_ci(ce_rows[r["verifier"]], rng, config.bootstrap)
       exact = bootstrap_ci(r["hits"], rng, config.bootstrap)
-      r.update(speedup=speed, ce=ce, exact=exact)
-      points[name, temp] = (float(np.mean(r["latency"])), ce[0], exact[0])
+      valid = bootstrap_ci(r["valid"], rng, config.bootstrap)
+      r.update(speedup=speed, ce=ce, exact=exact, valid_ci=valid)
+      points[name, temp] = (float(np.mean(r["latency"])), ce[0], valid[0])
       rows.append([f"{temp:g}", name, f"{np.mean(r['latency']):.2f}", fmt_ci(speed), fmt_ci(ce, 3),
-                   fmt_ci(exact, 3)])
+                   fmt_ci(exact, 3), fmt_ci(valid, 3)])
   report.table(["T", "system", "ms / token (B=1)", "speedup vs large AR [95% CI]",
-                "CE under the large model [95% CI]", "JSON exact match [95% CI]"], rows,
+                "CE under the large model [95% CI]", "JSON exact match [95% CI]", "valid JSON call [95% CI]"], rows,
                f"{config.latency_prompts} tool-use prompts one at a time ({config.max_new_tokens} new tokens, "
                f"gamma {config.gamma}) for latency; {len(prompts)} validation responses ({config.corpora}) for "
                f"cross-entropy (SD's output distribution is its verifier's, so SD rows repeat it); "
@@ -165,7 +178,7 @@ def run(config) -> str:
         ax.scatter(ms, y, marker=marker, s=40)
         ax.annotate(f"{name.split(' ')[0]} T={temp:g}", (ms, y), fontsize=7)
   axes[0].set_ylabel("CE under the large model (lower is better)")
-  axes[1].set_ylabel("JSON exact match")
+  axes[1].set_ylabel("valid JSON call")
   for ax in axes:
     ax.set_xlabel("ms per token at B=1 (lower is faster)")
   fig.suptitle("Model garden: quality vs latency")
@@ -174,32 +187,38 @@ def run(config) -> str:
 
 
 def verdict(results, ce_rows, config, sizes, costs) -> str:
-  """How far the 6-10x claim holds: the best (c) system's speedup CI and its quality cost, per temperature."""
+  """How far the 6-10x claim holds: the fastest distilled target with and without its draft, per temperature."""
   lines = []
   for temp in config.temperatures:
-    cands = [(r["speedup"], name, r) for (name, t), r in results.items() if t == temp and name.startswith("(c)")]
-    speed, name, r = max(cands, key=lambda x: x[0][0])
+    best = {kind: max([(r["speedup"], name, r) for (name, t), r in results.items() if t == temp and name.startswith(kind)],
+                      key=lambda x: x[0][0]) for kind in ("(b)", "(c)")}
+    speed, name, r = max(best.values(), key=lambda x: x[0][0])
     large = results["(a) large, AR", temp]
     d = results["(d) large + draft, SD", temp]
     ce_gap = float(np.mean(ce_rows[r["verifier"]]) - np.mean(ce_rows["large"]))
-    exact_gap = r["exact"][0] - large["exact"][0]
     band = ("inside" if config.claim_low <= speed[1] and speed[2] <= config.claim_high else
             "below" if speed[2] < config.claim_low else "above" if speed[1] > config.claim_high else "overlapping")
+    (sb, nb, _), (sc, nc, _) = best["(b)"], best["(c)"]
     lines.append(
         f"T={temp:g}: the fastest garden system, {name}, is {speed[0]:.2f}x the large model's decoding "
         f"(95% CI {speed[1]:.2f}-{speed[2]:.2f}): {band} the paper's {config.claim_low:g}-{config.claim_high:g}x "
-        f"({'agrees' if band == 'inside' else 'disagrees'}). Its quality cost: +{ce_gap:.3f} nats of "
-        f"cross-entropy under the large model, JSON exact match {exact_gap:+.3f} ({large['exact'][0]:.3f} -> "
-        f"{r['exact'][0]:.3f}); SD on the large model alone gives {d['speedup'][0]:.2f}x at no quality cost.")
+        f"({'agrees' if band == 'inside' else 'disagrees'}). Fastest distilled target decoded plainly: {nb} "
+        f"{sb[0]:.2f}x; with its distilled draft: {nc} {sc[0]:.2f}x (SD {'helps' if sc[0] > sb[0] else 'does not help'} "
+        f"a distilled target here). Quality cost of {name}: +{ce_gap:.3f} nats of cross-entropy under the large "
+        f"model; valid JSON calls {large['valid_ci'][0]:.3f} -> {r['valid_ci'][0]:.3f}, exact match "
+        f"{large['exact'][0]:.3f} -> {r['exact'][0]:.3f}. SD on the large model alone: {d['speedup'][0]:.2f}x at no "
+        "quality cost.")
   shrink = ", ".join(f"{k} {sizes['large'] / v:.1f}x" for k, v in sizes.items() if k not in ("large", "draft"))
   lines.append(
-      f"Why: DistillSpec's garden shrinks a T5-XL (3B) to a T5-Small (77M), 40x fewer parameters, on "
-      f"accelerators where decoding is memory-bound and latency follows size. Here the large model has "
-      f"{sizes['large'] / 1e6:.1f}M parameters and a layer cut keeps its whole embedding and head, so the distilled "
-      f"targets are only {shrink} smaller; at B=1 on this CPU such small models' steps are dominated by per-layer "
-      f"work that does not shrink with the parameter count. The {sizes['draft'] / 1e6:.2f}M draft costs c = "
-      + ", ".join(f"{costs[k]:.2f} of a {k} step" for k in costs)
-      + ", so SD on a distilled target gains little over decoding it plainly.")
+      f"Why: DistillSpec's garden shrinks a T5-XL (3B) to a T5-Small (77M), 40x fewer parameters, and its "
+      f"distilled small models keep the task quality. Here a layer cut of the {sizes['large'] / 1e6:.1f}M large model "
+      f"keeps its whole embedding and head, so the distilled targets are only {shrink} smaller, and a few hundred "
+      f"distillation steps leave them far from it in cross-entropy. The {sizes['draft'] / 1e6:.2f}M draft costs "
+      + ", ".join(f"c = {costs[k]:.2f} of a {k} step" for k in costs)
+      + ": against a small target it is not cheap enough for its acceptance to pay."
+      + (" The large model's own exact-match rate is 0 (target_mix after 300 fine-tuning steps writes calls, mostly "
+         "to the wrong functions), so exact match cannot show a quality loss here; cross-entropy and the valid-call "
+         "rate can." if max(r["exact"][0] for (n, _), r in results.items() if n.startswith("(a)")) == 0 else ""))
   return "\n\n".join(lines)
 
 
