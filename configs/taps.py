@@ -24,6 +24,13 @@ math domain also reports answer accuracy (the final '#### answer' of each output
 the verified one) of plain decoding and of lossy SD (lenience f_lin / f_exp at
 `lossy_eps`, T=1, chains) with each drafter and the routed pair, on `answer_prompts`
 validation problems per seed with `answer_tokens` new tokens.
+    python experiments/taps.py --config=configs/taps.py:math
+Measured: 35.9 min on 2 CPU cores (9 drafter cells, 14 methods, the answer table), sharing the
+cores with other jobs for its first ~20 min. Expected (results/taps_math.md), mean tau over
+chat / math at T=0: chat drafter 1.90, math drafter 2.16 (2.78 on math), mixed drafter 2.34
+(best on neither domain), parameter average 2.04, routed chain (confidence) 2.25, merged tree
+2.85 (longest at both temperatures). Answer accuracy: target greedy 0.068, lossless SD at T=1
+0.05-0.07; f_exp eps 0.1 raises tau to ~4.7 and drops accuracy to 0-0.02.
 
 Presets: cpu, math, micro (smoke test), gpu (two Qwen2.5-0.5B-Instruct drafters distilled on
 gsm8k and sharegpt_chat against Qwen2.5-7B-Instruct; local checkpoints under $MODELS_DIR).

@@ -199,10 +199,14 @@ def verdict(results, ce_rows, config, sizes, costs) -> str:
     band = ("inside" if config.claim_low <= speed[1] and speed[2] <= config.claim_high else
             "below" if speed[2] < config.claim_low else "above" if speed[1] > config.claim_high else "overlapping")
     (sb, nb, _), (sc, nc, _) = best["(b)"], best["(c)"]
+    # negligible quality loss: the valid-call rate's CI overlaps the large model's, and < 0.1 nats of CE
+    negligible = r["valid_ci"][2] >= large["valid_ci"][1] and ce_gap < 0.1
+    holds = band == "inside" and negligible
     lines.append(
         f"T={temp:g}: the fastest garden system, {name}, is {speed[0]:.2f}x the large model's decoding "
-        f"(95% CI {speed[1]:.2f}-{speed[2]:.2f}): {band} the paper's {config.claim_low:g}-{config.claim_high:g}x "
-        f"({'agrees' if band == 'inside' else 'disagrees'}). Fastest distilled target decoded plainly: {nb} "
+        f"(95% CI {speed[1]:.2f}-{speed[2]:.2f}): {band} the paper's {config.claim_low:g}-{config.claim_high:g}x, "
+        f"with {'negligible' if negligible else 'a clear'} quality loss: the claim "
+        f"{'holds (agrees)' if holds else 'does not hold (disagrees)'}. Fastest distilled target decoded plainly: {nb} "
         f"{sb[0]:.2f}x; with its distilled draft: {nc} {sc[0]:.2f}x (SD {'helps' if sc[0] > sb[0] else 'does not help'} "
         f"a distilled target here). Quality cost of {name}: +{ce_gap:.3f} nats of cross-entropy under the large "
         f"model; valid JSON calls {large['valid_ci'][0]:.3f} -> {r['valid_ci'][0]:.3f}, exact match "
