@@ -17,7 +17,8 @@ their metrics.jsonl; fixed data fastest, teacher_online slowest) + 13 min of eva
 Expected numbers (experiments/results/divergence_grid.md, mean of 3 seeds): undistilled
 alpha 0.329 (T=0) / 0.472 (T=1); distilled cells 0.47-0.58 (T=0) and 0.60-0.63 (T=1);
 best T=0 FKL/fixed 0.581, best T=1 JSD/mixture 0.631; on-policy the weakest source at both
-temperatures; theoretical speedup over undistilled SD 1.24-1.50x.
+temperatures; theoretical speedup over undistilled SD 1.24-1.50x. Why on-policy loses here is
+studied by configs/onpolicy_ablation.py (its verdict is kept in divergence_grid.md).
 
 Presets: cpu, micro (smoke test), gpu (Qwen2.5-0.5B-Instruct -> Qwen2.5-7B-Instruct on
 gsm8k; local checkpoints under $MODELS_DIR, prepared TFDS gsm8k).
