@@ -23,7 +23,9 @@ cached cells. Expected numbers (results/onpolicy_ablation.md, alpha T=0 / T=1, 3
 target-generated 0.634 / 0.624, on-policy 0.587 / 0.610 (T=0 difference -0.048, 95% CI
 [-0.083, -0.012]: the grid's disagreement reproduces), on-policy at T=0.5 0.725 / 0.579,
 target-generated at T=0.5 0.788 / 0.603 (on-policy still -0.062 at equal temperature),
-warm start 0.618 / 0.628 and lambda ramp 0.624 / 0.604 (matching target-generated data).
+warm start 0.618 / 0.628 and lambda ramp 0.624 / 0.604 (matching target-generated data),
+2x steps target-generated 0.699 / 0.666 vs on-policy 0.652 / 0.632 (T=0 gap -0.046: it does not
+close). The 4x cells were not run yet (about 45 min more here).
 """
 
 from configs import common
