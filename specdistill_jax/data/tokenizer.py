@@ -91,6 +91,19 @@ class ChatFormat:
                                              add_generation_prompt=True, tokenize=True)
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
+  def conversation_ids(self, messages) -> list[int]:
+    """A multi-turn chat ({"role": "user"|"assistant", "content"} dicts) up to the next assistant marker."""
+    if len(messages) == 1 and messages[0]["role"] == "user":
+      return self.prompt_ids(messages[0]["content"])
+    if self.ours:
+      ids = [self.bos]
+      for m in messages:
+        marker = {"user": self.user, "assistant": self.assistant}[m["role"]]
+        ids += [marker] + self.encode_text("\n" + m["content"]) + [self.end] + self.newline
+      return ids + [self.assistant] + self.newline
+    out = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
   def response_ids(self, response: str) -> list[int]:
     return self.encode_text(response) + [self.eos]
 

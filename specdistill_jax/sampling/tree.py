@@ -74,7 +74,8 @@ from specdistill_jax.sampling import distributions as dist
 from specdistill_jax.sampling import proposer
 from specdistill_jax.sampling.autoregressive import last_valid
 
-_TIE = 1e-6  # a child scores strictly below its parent, and later siblings below earlier ones
+_TIE = 1e-6
+_MIN_MASS = 1e-30  # a child scores strictly below its parent, and later siblings below earlier ones
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,17 +133,23 @@ def window_mask(base: jax.Array, visible: jax.Array, size: int) -> jax.Array:
 def _children(key, logq, k: int, greedy: bool):
   """k children per row of logq [B, P, V]: tokens [B,P,k] in drawing order, rank scores, ok."""
   est, top = jax.lax.top_k(logq, k)
+  ok = est > dist.NEG_INF / 2
   if greedy:
     tokens = top.astype(jnp.int32)
   else:
     probs = jnp.exp(logq)
-    draws = []
+    draws, left = [], []
     for key_i in jax.random.split(key, k):  # without replacement: zero each draw, draw again
-      x = dist.sample_from_probs(key_i, probs)
+      # once the support is used up (a sharp q: fewer than k tokens of non-zero fp32 mass; below
+      # _MIN_MASS, where u * total loses its precision, counts as none) there is no child to draw:
+      # the slot is invalid and holds the top token, an id inside the vocabulary
+      mass = probs.sum(-1) > _MIN_MASS
+      x = jnp.where(mass, dist.sample_from_probs(key_i, probs), top[..., 0])
       draws.append(x)
+      left.append(mass)
       probs = jnp.where(jax.nn.one_hot(x, probs.shape[-1], dtype=jnp.bool_), 0.0, probs)
     tokens = jnp.stack(draws, axis=-1)
-  ok = jnp.take_along_axis(logq, tokens, axis=-1) > dist.NEG_INF / 2
+    ok = jnp.stack(left, axis=-1) & (jnp.take_along_axis(logq, tokens, axis=-1) > dist.NEG_INF / 2)
   return tokens, est, ok
 
 

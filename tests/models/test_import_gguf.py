@@ -67,6 +67,43 @@ def test_tokenizer_splits_digits_like_llama_cpps_smollm_pre_tokenizer(real_targe
   assert tokenizer.eos_token == "<|im_end|>" and tokenizer.bos_token == "<|im_start|>"
 
 
+TEXTS = ["In 2024, the caf\u00e9 served 3.14159 \u03c0-shaped pies!", "def f(x):\n    return x**2  # ok\n\n\n",
+         "<|im_start|>user\nhi<|im_end|>\n", "  leading spaces\tand\ttabs", "\u65e5\u672c\u8a9e \U0001f600",
+         "<repo_name>foo<filename>bar.py", "x=[1,2,3]; print(f'{x!r:>10}')"]
+
+
+def test_tokenizer_from_metadata_equals_transformers_gguf_tokenizer(real_target, torch):
+  del torch  # transformers' GGUF tokenizer loading imports it; ours does not (next test)
+  path = import_gguf.bundled_gguf()
+  theirs = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+  ours = loading.load_tokenizer(real_target)  # what import_gguf wrote
+  for text in TEXTS:
+    ids = ours.encode(text, add_special_tokens=True)
+    assert ids == theirs.encode(text, add_special_tokens=True), text
+    for skip in (False, True):
+      assert ours.decode(ids, skip_special_tokens=skip) == theirs.decode(ids, skip_special_tokens=skip)
+  chat = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "Paris."},
+          {"role": "user", "content": "And of Italy?"}]
+  assert ours.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) == \
+      theirs.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+  assert ours.special_tokens_map == theirs.special_tokens_map and len(ours) == len(theirs)
+  assert ours.all_special_ids == theirs.all_special_ids
+
+
+def test_tokenizer_is_built_without_torch():
+  import subprocess
+  import sys
+  code = ("import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
+          "from specdistill_jax.models import import_gguf, gguf_tokenizer\n"
+          "tok = gguf_tokenizer.tokenizer_from_gguf(import_gguf.bundled_gguf())\n"
+          "print(tok.encode('In 2024'))")
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300,
+                        env=dict(os.environ, PYTHONPATH=root))
+  assert proc.returncode == 0, proc.stderr[-1500:]
+  assert proc.stdout.split("\n")[-2] == "[788, 216, 34, 32, 34, 36]"
+
+
 def test_rerun_reuses_the_converted_directory(real_target):
   lines = []
   assert import_gguf.import_gguf(real_target, log=lines.append) == real_target

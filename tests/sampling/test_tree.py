@@ -1,5 +1,6 @@
 """Tree verification: greedy == target greedy, exact sampling, tree attention and cache compaction."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -132,3 +133,34 @@ def test_bad_tree_arguments_are_named():
   with pytest.raises(ValueError, match="lenience"):
     sampling.speculative_generate(target, draft, PROMPTS, 4, temperature=1.0, lenience=("lin", 0.5),
                                   tree=sampling.TreeSpec(2, 2, 4))
+
+
+def _sharpened(model, factor):
+  """The model with its lm_head scaled: logits * factor."""
+  from flax import nnx
+  graphdef, state = nnx.split(model)
+  state = jax.tree.map(lambda x: x, state)
+  state["lm_head"].set_value(state["lm_head"][...] * factor)
+  return nnx.merge(graphdef, state)
+
+
+def test_low_temperature_tree_draws_children_only_from_the_support():
+  """T=0.05 with a sharp 11-token draft: fewer than top_k tokens have non-zero fp32 probability
+  under q at most nodes. Children past the support are absent (not an id outside the vocabulary
+  fed on), and the output keeps the target's distribution at that temperature (the target's
+  head is flattened so that its T=0.05 distribution is not a point mass)."""
+  temp, vocab = 0.05, 11
+  target = _sharpened(tiny(vocab=vocab, preset="micro", seed=2), 0.1)
+  draft = _sharpened(tiny(vocab=vocab, preset="micro", seed=7), 10.0)
+  spec = sampling.TreeSpec(depth=3, top_k=4, num_nodes=9)
+  prompts = [[1, 2, 3]] * 2000
+  out, stats = sampling.speculative_generate(target, draft, prompts, 3, temperature=temp, rng=5, tree=spec)
+  flat = np.concatenate([np.asarray(o) for o in out])
+  assert flat.min() >= 0 and flat.max() < vocab and all(len(o) == 3 for o in out)
+  samples = np.asarray([o[:2] for o in out])
+  exact = exact_joint(_sharpened(target, 1.0 / temp), [1, 2, 3])  # T=1 of logits / T
+  assert max(exact.values()) < 0.9  # not a point mass: the test can see a wrong distribution
+  assert chi_square_pvalue(samples, exact) > FALSE_ALARM
+  # the chain on the same pair, for comparison, is exact too
+  chain, _ = sampling.speculative_generate(target, draft, prompts, 3, gamma=3, temperature=temp, rng=5)
+  assert chi_square_pvalue(np.asarray([o[:2] for o in chain]), exact) > FALSE_ALARM
