@@ -129,8 +129,9 @@ def main(argv=None):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={dump} "
                              "--xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*run.*").strip()
   target, draft = loading.load_model(args.target), loading.load_model(args.draft)
-  from bench_decode import default_prompts
-  prompt = default_prompts(args.target, 1)[:1]
+  from specdistill_jax.data import prompts as prompt_sets  # bench_decode's old default prompt
+  prompt = prompt_sets.historical_queries(loading.load_tokenizer(args.target), "sharegpt_chat", "validation", 1,
+                                          max_prompt_tokens=48)
 
   sections = [profile(target, draft, prompt, args.gamma, t, args.max_new_tokens, dump)
               for t in (float(x) for x in args.temperatures.split(","))]

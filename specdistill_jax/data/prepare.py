@@ -88,8 +88,10 @@ def stats_markdown(stats: dict, seconds: float, vocab: int) -> str:
 
 
 def prepare(data_dir: str, names, config: str = "full", vocab_size: int = 8192,
-            tokenizer_dir: str = None, tokenizer_chars: int = 3_000_000, with_stats: bool = True):
-  """Build corpora + tokenizer; returns (ChatFormat, stats dict)."""
+            tokenizer_dir: str = None, tokenizer_chars: int = 3_000_000, with_stats: bool = True,
+            with_tokenizer: bool = True):
+  """Build corpora + tokenizer; returns (ChatFormat, stats dict, seconds). with_tokenizer=False
+  (a real target brings its own tokenizer): corpora only, ChatFormat None, no stats."""
   t0 = time.time()
   unknown = [n for n in names if n not in corpora.BUNDLED]
   if unknown:
@@ -97,6 +99,8 @@ def prepare(data_dir: str, names, config: str = "full", vocab_size: int = 8192,
   os.makedirs(data_dir, exist_ok=True)
   for name in tqdm(names, desc="corpora"):
     build_corpus(name, config, data_dir)
+  if not with_tokenizer:
+    return None, {}, time.time() - t0
   tokenizer_dir = tokenizer_dir or os.path.join(data_dir, "tokenizer")
   tok = ensure_tokenizer(names, config, data_dir, tokenizer_dir, vocab_size, tokenizer_chars)
   chat = data.ChatFormat(tok)

@@ -1,0 +1,102 @@
+"""The benchmark command on the micro world: the protocol's numbers, its files, and that its printed
+command rewrites them."""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from specdistill_jax.bench import __main__ as bench_cli
+from specdistill_jax.bench import protocol
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _args(world, data_dir, tmp, *extra):
+  return ["--target", f"{world}/target_general/hf", "--draft", f"{world}/draft_generic/hf",
+          "--suite", "mt_bench,mt_bench_turn2,sharegpt_chat", "--gammas", "1,3", "--trees", "2:2:3",
+          "--temperatures", "0,1", "--max_new_tokens", "6", "--limit", "3", "--dtype", "float32",
+          "--data_dir", data_dir, "--corpus_config", "small", "--cache_dir", str(tmp / "cache"),
+          "--peers", "transformers", "--max_prompt_tokens", "40", "--pair", "micro/pair",
+          "--out", str(tmp / "b.md"), "--json", str(tmp / "b.json"), *extra]
+
+
+@pytest.fixture(scope="module")
+def bench_run(micro_world, small_data, tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("bench")
+  with open(tmp / "b.json", "w") as fh:  # a row of the old one-prompt protocol, and another pair's row
+    json.dump([{"pair": "old/pair", "gamma": 2}, {"pair": "other", "prompt_set": "humaneval", "gamma": 1}], fh)
+  bench_cli.main(_args(os.environ["SPECDISTILL_WORLD"], small_data[0], tmp))
+  return tmp
+
+
+def test_every_prompt_decoded_and_greedy_sd_equals_greedy_ar_in_fp32(bench_run):
+  rows = json.load(open(bench_run / "b.json"))
+  assert [r["pair"] for r in rows].count("old/pair") == 0 and rows[0]["pair"] == "other"
+  mine = [r for r in rows if r["pair"] == "micro/pair"]
+  assert len(mine) == 3 * 3 * 2  # sets x methods x temperatures
+  for r in mine:
+    assert r["num_prompts"] == 3 and r["batch"] == 1 and r["dtype"] == "float32"
+    assert 0 < r["new_tokens"] <= 3 * 6 and len(r["speedup_ci"]) == 2
+    assert r["speedup_ci"][0] <= r["speedup"] <= r["speedup_ci"][1]
+    assert {"ar_tokens_per_s", "sd_tokens_per_s", "predicted_speedup", "alpha", "tau", "c", "v"} <= set(r)
+    assert len(r["position_acceptance"]) == r["gamma"]
+    if r["temperature"] == 0.0:
+      assert r["greedy_differs"] == 0, r
+  assert {r["prompt_set"] for r in mine} == {"mt_bench", "mt_bench_turn2", "sharegpt_chat"}
+  assert {(r["gamma"], r["tree"]) for r in mine} == {(1, None), (3, None), (2, "depth=2,top_k=2,num_nodes=3")}
+  text = open(bench_run / "b.md").read()
+  assert "## mt_bench: 3 prompts (--limit 3)" in text and "| 0/3 |" in text
+  assert "transformers assisted generation" in text and "identical to our greedy AR on 3/3" in text
+  assert os.path.getsize(bench_run / "b.png") > 1000
+  assert len(os.listdir(bench_run / "cache")) == 1  # the turn-1 answers, generated once
+
+
+def test_the_printed_command_rewrites_the_file_with_the_same_acceptance(bench_run, tmp_path):
+  text = open(bench_run / "b.md").read()
+  command = text.split("Command: `", 1)[1].split("`", 1)[0]
+  argv = shlex.split(command)
+  assert argv[:3] == ["python", "-m", "specdistill_jax.bench"]
+  before = {(r["prompt_set"], r["gamma"], r["tree"], r["temperature"]): (r["alpha"], r["tau"])
+            for r in json.load(open(bench_run / "b.json")) if r["pair"] == "micro/pair"}
+  out = argv.index("--out") + 1
+  argv[out] = str(tmp_path / "again.md")  # the same command, writing beside the first file
+  argv[argv.index("--json") + 1] = str(tmp_path / "again.json")
+  bench_cli.main(argv[3:])
+  after = {(r["prompt_set"], r["gamma"], r["tree"], r["temperature"]): (r["alpha"], r["tau"])
+           for r in json.load(open(tmp_path / "again.json"))}
+  assert after == before  # the same tau / alpha (T=0 and, with the same seeds, T=1)
+
+
+def test_round_robin_limit_takes_every_category_in_turn():
+  from specdistill_jax.bench import suite
+  from specdistill_jax.data import suites
+  picked = suite.round_robin(suites.mt_bench(), 16)
+  counts = {}
+  for p in picked:
+    counts[p.category] = counts.get(p.category, 0) + 1
+  assert len(counts) == 8 and set(counts.values()) == {2}
+  assert suite.round_robin(suites.humaneval(), None) == suites.humaneval()
+
+
+def test_bootstrap_interval_covers_the_ratio_and_widens_with_noise():
+  ar = [protocol.Record(i, "c", 10, 1.0, []) for i in range(40)]
+  steady = [protocol.Record(i, "c", 10, 0.5, []) for i in range(40)]
+  noisy = [protocol.Record(i, "c", 10, 0.5 * (1.5 if i % 2 else 0.5), []) for i in range(40)]
+  assert protocol.bootstrap_ci(steady, ar) == [2.0, 2.0]
+  lo, hi = protocol.bootstrap_ci(noisy, ar)
+  assert lo < 2.0 < hi and hi - lo > 0.3
+
+
+def test_user_errors_are_one_line(micro_world):
+  world = os.environ["SPECDISTILL_WORLD"]
+  for extra, message in ((["--suite", "mtbench"], "unknown prompt set"), (["--gammas", "0"], "--gammas"),
+                         (["--trees", "2:2"], "depth:top_k:num_nodes")):
+    proc = subprocess.run([sys.executable, "-m", "specdistill_jax.bench", "--target", f"{world}/target_general/hf",
+                           "--draft", f"{world}/draft_generic/hf", *extra], capture_output=True, text=True,
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith("error: ") and message in proc.stderr
