@@ -118,7 +118,7 @@ def main(argv):
   else:
     out, stats = sampling.routed_speculative_generate(target, drafts, prompts, signal=FLAGS.signal, **kw)
   for i, ids in enumerate(out):
-    text = tokenizer.decode(ids) if tokenizer is not None else ids
+    text = tokenizer.decode(ids, skip_special_tokens=True) if tokenizer is not None else ids
     print(f"--- [{i}] {text}")
   rows = [("alpha", f"{stats['alpha']:.3f}"), ("tau (tokens / target call)", f"{stats['tau']:.2f}"),
           ("tokens", str(stats["tokens"])), ("target calls", str(stats["target_calls"])),

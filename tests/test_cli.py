@@ -133,3 +133,16 @@ def test_verbose_shows_the_traceback(tmp_path):
   proc = run_cli("specdistill_jax.decode", "--target", str(tmp_path), "--draft", str(tmp_path),
                  "--prompts", str(tmp_path / "missing.txt"), "--verbose")
   assert proc.returncode != 0 and "Traceback" in proc.stderr and "FileNotFoundError" in proc.stderr
+
+
+def test_decode_chat_prints_answers_without_the_end_of_turn_token(real_target, tmp_path):
+  """SmolLM2 ends every answer with <|im_end|> (its eos): the printed text skips special tokens."""
+  from specdistill_jax import models
+  models.save_hf(models.first_layers(models.load_hf(real_target), 1), str(tmp_path / "cut"))
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("What is the capital of France? Answer in three words.\n")
+  proc = run_cli("specdistill_jax.decode", "--target", real_target, "--draft", str(tmp_path / "cut"),
+                 "--prompts", str(prompts), "--chat", "--max_new_tokens", "24", "--gamma", "2", "--nobaseline")
+  assert_ok(proc)
+  answer = proc.stdout.split("--- [0] ", 1)[1].split("\n")[0]
+  assert "Paris" in answer and "<|im_end|>" not in proc.stdout and "<|im_start|>" not in proc.stdout

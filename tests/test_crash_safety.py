@@ -63,10 +63,17 @@ def _final_params(workdir):
   return load_file(os.path.join(workdir, "hf", "model.safetensors"))
 
 
-def _run_to_end(data_dir, workdir):
-  proc = _start(data_dir, workdir)
-  _, err = proc.communicate(timeout=300)
-  assert proc.returncode == 0, err.decode()[-3000:]
+def _run_to_end(data_dir, workdir) -> str:
+  """Run (or resume) to the last step; -> what it printed."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT)
+  proc = subprocess.run(_command(data_dir, workdir), cwd=ROOT, env=env, capture_output=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+  return proc.stdout.decode() + proc.stderr.decode()
+
+
+def _finished_steps(workdir):
+  ckpt = os.path.join(workdir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(ckpt) if n.isdigit()) if os.path.isdir(ckpt) else []
 
 
 def test_sigkill_at_any_moment_then_rerun_equals_uninterrupted(small_data, tmp_path):
@@ -88,7 +95,10 @@ def test_sigkill_at_any_moment_then_rerun_equals_uninterrupted(small_data, tmp_p
         proc.kill()
     assert reached, f"the run finished before the moment {name!r}"
     assert proc.returncode == -signal.SIGKILL
-  _run_to_end(data_dir, killed)
+  latest = _finished_steps(killed)[-1]  # the killed runs left a finished checkpoint past step 0
+  assert latest > 0
+  printed = _run_to_end(data_dir, killed)
+  assert f"resumed from {os.path.join(killed, 'checkpoints')}/{latest}" in printed  # not a fresh start
   _, err = reference.communicate(timeout=300)
   assert reference.returncode == 0, err.decode()[-3000:]
   want, got = _final_params(straight), _final_params(killed)

@@ -82,6 +82,14 @@ def greedy(draft_tokens: jax.Array, target_logits: jax.Array):
   return n, _at(target_tokens, n)
 
 
+def correction(p: jax.Array, q: jax.Array) -> jax.Array:
+  """Where a rejected draft's replacement is drawn from: norm(max(0, p - q)) ([..., V]; p itself
+  where p <= q everywhere). The chain's rule and each sibling's test in a tree use it."""
+  rest = jnp.maximum(p - q, 0.0)
+  total = jnp.sum(rest, -1, keepdims=True)
+  return jnp.where(total > 0, rest / jnp.maximum(total, 1e-30), p)
+
+
 def stochastic(key: jax.Array, draft_tokens: jax.Array, log_q: jax.Array, log_p: jax.Array,
                kind: Optional[str] = None, eps=1.0):
   """Exact (kind None) or lossy rule.
@@ -100,8 +108,6 @@ def stochastic(key: jax.Array, draft_tokens: jax.Array, log_q: jax.Array, log_p:
   # residual at position n: max(0, p_n - q_n), with q_{G+1} := 0 (the bonus token)
   p_n = jnp.exp(_at(log_p, n))
   q_n = jnp.where((n < g)[:, None], jnp.exp(_at(log_q, jnp.minimum(n, g - 1))), 0.0)
-  residual = jnp.maximum(p_n - q_n, 0.0)
-  residual = jnp.where(jnp.sum(residual, -1, keepdims=True) > 0, residual, p_n)
-  t = dist.sample_from_probs(k_next, residual)
+  t = dist.sample_from_probs(k_next, correction(p_n, q_n))
   tvd = 0.5 * jnp.sum(jnp.abs(jnp.exp(log_p[:, :g]) - jnp.exp(log_q)), axis=-1)
   return n, t, tvd

@@ -70,6 +70,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from specdistill_jax.sampling import acceptance
 from specdistill_jax.sampling import distributions as dist
 from specdistill_jax.sampling import proposer
 from specdistill_jax.sampling.autoregressive import last_valid
@@ -324,8 +325,7 @@ def _walk(key, f: Forest, log_p, *, spec: TreeSpec, greedy: bool, num_drafters: 
         x = f.tokens[node]
         hit = active & (jax.random.uniform(k) * q[x] < r[x])
         miss = active & ~hit
-        rest = jnp.maximum(r - q, 0.0)
-        r = jnp.where(miss & (rest.sum() > 0), rest / jnp.maximum(rest.sum(), 1e-30), r)
+        r = jnp.where(miss, acceptance.correction(r, q), r)
         q_rest = q.at[x].set(0.0)
         q = jnp.where(miss, q_rest / jnp.maximum(q_rest.sum(), 1e-30), q)
         return (r, q, jnp.where(active, f.drafter[node], drafter), jnp.where(hit, node, chosen)), None

@@ -94,3 +94,19 @@ def chi_square_pvalue(samples, probs, min_expected=5.0):
   obs, exp = np.asarray(obs, float), np.asarray(exp, float)
   exp *= obs.sum() / exp.sum()
   return sps.chisquare(obs, exp).pvalue
+
+
+def after_first_token(out, prompt, target, new=3):
+  """Rows' tokens 2..new given the commonest first token t1, and their exact law: tokens past a
+  round's first (bonus tokens, the second round) put to a chi-square test."""
+  out = np.asarray([o[:new] for o in out])
+  t1 = np.bincount(out[:, 0]).argmax()
+  return out[out[:, 0] == t1][:, 1:], exact_joint(target, list(prompt) + [int(t1)], steps=new - 1)
+
+
+def with_bug(monkeypatch, module, name, value):
+  """Patch a sampling helper for one test; compiled decoding programs are dropped before and after."""
+  from specdistill_jax.sampling import speculative
+  speculative._program.cache_clear()
+  monkeypatch.setattr(module, name, value)
+  return speculative._program.cache_clear  # call at the end (the patch itself is undone by pytest)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from specdistill_jax import sampling
-from tests.sampling.helpers import FALSE_ALARM, chi_square_pvalue, exact_joint, tiny, uniform_draft
+from tests.sampling.helpers import FALSE_ALARM, after_first_token, chi_square_pvalue, exact_joint, tiny, uniform_draft
 
 PROMPTS = [[1, 2, 3], [4], [7, 8, 9, 10, 11, 12, 13]]
 
@@ -50,3 +50,18 @@ def test_bad_routing_arguments():
     sampling.routed_speculative_generate(t, [d], PROMPTS, 4)
   with pytest.raises(ValueError, match="signal 'votes'"):
     sampling.routed_speculative_generate(t, [d, d], PROMPTS, 4, signal="votes")
+
+
+@pytest.mark.parametrize("route_on", ["auto", "current"])
+def test_routing_bonus_token_and_second_round_keep_the_target_distribution(route_on):
+  """gamma 1, 3 new tokens: tokens 2-3 given token 1 (bonus tokens, second rounds, whose route
+  the first round's scores chose). Power: routing a sampled round on its own proposals' scores
+  (TAPS' same-round routing, route_on='current') is rejected by the same test."""
+  target = tiny(vocab=8, preset="micro", seed=2)
+  drafts = [tiny(vocab=8, preset="micro", seed=7), tiny(vocab=8, preset="micro", seed=8)]
+  out, stats = sampling.routed_speculative_generate(target, drafts, [[1, 2, 3]] * 6000, 3, gamma=1,
+                                                    temperature=1.0, rng=3, route_on=route_on)
+  assert min(stats["drafter_share"]) > 0.05
+  rows, exact = after_first_token(out, [1, 2, 3], target)
+  p = chi_square_pvalue(rows, exact)
+  assert (p < FALSE_ALARM) if route_on == "current" else (p > FALSE_ALARM), p

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from specdistill_jax import sampling
-from tests.sampling.helpers import FALSE_ALARM, chi_square_pvalue, exact_joint, never_right_draft, tiny
+from tests.sampling.helpers import (FALSE_ALARM, after_first_token, chi_square_pvalue, exact_joint, never_right_draft,
+                                    tiny, with_bug)
 
 PROMPTS = [[1, 2, 3], [4], [7, 8, 9, 10, 11, 12, 13], [20, 21]]
 
@@ -127,3 +128,22 @@ def test_bad_input_is_named(kwargs, match):
 def test_vocabulary_mismatch_is_named():
   with pytest.raises(ValueError, match="vocab_size=50 != target vocab_size=97"):
     sampling.speculative_generate(tiny(), tiny(vocab=50, preset="micro"), PROMPTS, 4)
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_bonus_token_and_second_round_keep_the_target_distribution(monkeypatch, bug):
+  """gamma 1, 3 new tokens: tokens 2-3 given token 1 come from bonus tokens and second rounds.
+  Power: the same test rejects the classic bug of drawing a rejected draft's replacement from p
+  instead of the residual norm(max(0, p - q))."""
+  from specdistill_jax.sampling import acceptance
+  target, draft = _vocab8()
+  done = with_bug(monkeypatch, acceptance, "correction", lambda p, q: p) if bug else (lambda: None)
+  try:
+    out, stats = sampling.speculative_generate(target, draft, [[1, 2, 3]] * 6000, 3, gamma=1,
+                                               temperature=1.0, rng=3)
+  finally:
+    done()
+  assert 0.1 < stats["alpha"] < 0.9 and stats["rounds"] >= 2
+  rows, exact = after_first_token(out, [1, 2, 3], target)
+  p = chi_square_pvalue(rows, exact)
+  assert (p < FALSE_ALARM) if bug else (p > FALSE_ALARM), p

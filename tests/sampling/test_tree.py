@@ -8,7 +8,8 @@ import pytest
 from specdistill_jax import sampling
 from specdistill_jax.sampling import speculative
 from specdistill_jax.sampling import tree as tree_lib
-from tests.sampling.helpers import FALSE_ALARM, chi_square_pvalue, exact_joint, next_logits, tiny
+from tests.sampling.helpers import (FALSE_ALARM, after_first_token, chi_square_pvalue, exact_joint, next_logits, tiny,
+                                    with_bug)
 from tests.tolerances import fp32_atol
 
 PROMPTS = [[1, 2, 3], [4], [7, 8, 9, 10, 11, 12, 13], [20, 21]]
@@ -164,3 +165,21 @@ def test_low_temperature_tree_draws_children_only_from_the_support():
   # the chain on the same pair, for comparison, is exact too
   chain, _ = sampling.speculative_generate(target, draft, prompts, 3, gamma=3, temperature=temp, rng=5)
   assert chi_square_pvalue(np.asarray([o[:2] for o in chain]), exact) > FALSE_ALARM
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_tree_bonus_token_and_second_round_keep_the_target_distribution(monkeypatch, bug):
+  """A one-level tree of two sampled children, 3 new tokens: tokens 2-3 given token 1 (bonus tokens,
+  the second round). Power: drawing the sibling's residual as p instead of norm(max(0, r - q))
+  is rejected by the same test."""
+  from specdistill_jax.sampling import acceptance
+  target, a, _ = _vocab8()
+  done = with_bug(monkeypatch, acceptance, "correction", lambda p, q: p) if bug else (lambda: None)
+  try:
+    out, stats = sampling.speculative_generate(target, a, [[1, 2, 3]] * 6000, 3, temperature=1.0, rng=3,
+                                               tree=sampling.TreeSpec(1, 2, 2))
+  finally:
+    done()
+  rows, exact = after_first_token(out, [1, 2, 3], target)
+  p = chi_square_pvalue(rows, exact)
+  assert (p < FALSE_ALARM) if bug else (p > FALSE_ALARM), p
