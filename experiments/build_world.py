@@ -86,7 +86,8 @@ def build(scale: str = "cpu", world: str | None = None, data_dir: str | None = N
     hf = os.path.join(world, name, "hf")
     if not os.path.exists(os.path.join(hf, "config.json")):
       print(f"== building {name} (scale {scale})", flush=True)
-      manifest[name] = {"seconds": train_one(name, scale, world, in_process)}
+      manifest[name] = {"seconds": train_one(name, scale, world, in_process),
+                        "built_by": f"python experiments/build_world.py --scale {scale} --only {','.join(names)}"}
     entry = manifest.setdefault(name, {})
     from configs import world as world_config
     from specdistill_jax import models
@@ -103,8 +104,8 @@ def build(scale: str = "cpu", world: str | None = None, data_dir: str | None = N
 
 
 def write_report(manifest: dict, scale: str, path: str) -> None:
-  rows = ["| model | params | layers x d_model | corpora | steps x batch x 128 | validation CE | minutes |",
-          "|---|---:|---|---|---|---:|---:|"]
+  rows = ["| model | params | layers x d_model | corpora | steps x batch x 128 | validation CE | minutes | built by |",
+          "|---|---:|---|---|---|---:|---:|---|"]
   total = manifest.get("data_seconds", 0.0)
   for name in ORDER:
     e = manifest.get(name)
@@ -113,9 +114,11 @@ def write_report(manifest: dict, scale: str, path: str) -> None:
     total += e.get("seconds", 0.0)
     ce = f"{e['eval_ce']:.2f}" if e.get("eval_ce") is not None else "-"
     rows.append(f"| {name} | {e['params'] / 1e6:.2f}M | {e['layers']} x {e['d_model']} | {e['corpora']} | "
-                f"{e['steps']} x {e['batch']} | {ce} | {e.get('seconds', 0) / 60:.1f} |")
+                f"{e['steps']} x {e['batch']} | {ce} | {e.get('seconds', 0) / 60:.1f} | `{e.get('built_by', '-')}` |")
   text = "\n".join([f"# The model world (scale {scale})", "",
                     "Command: `python experiments/build_world.py --scale " + scale + "`", "",
+                    "Rewritten whole from the world's manifest.json at every build; a model trained by an earlier "
+                    "build (or an `--only` build) is reused, and its row names the build that trained it.", "",
                     f"Data preparation: {manifest.get('data_seconds', 0):.0f} s. Total: {total / 60:.1f} min "
                     "on 2 CPU cores (bf16 compute, fp32 parameters).", "", *rows, ""])
   os.makedirs(os.path.dirname(path), exist_ok=True)

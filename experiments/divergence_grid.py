@@ -48,7 +48,7 @@ def verdict(temp, cells, sums, config) -> str:
   return " ".join(parts)
 
 
-def verdict_overall(cells, sums, config) -> str:
+def verdict_overall(cells, sums, config, v_batch: float) -> str:
   """'No universal winner': is one divergence best (by mean alpha over sources) at every temperature?"""
   winners = {temp: max((v, k) for k, v in _by(sums, cells, temp, 0).items()) for temp in config.temperatures}
   names = {k for _, k in winners.values()}
@@ -66,9 +66,9 @@ def verdict_overall(cells, sums, config) -> str:
            "1.4M draft trained 120 steps moves far less than DistillSpec's T5 drafts, and its own samples "
            "(on-policy data) are poor text early in training, so they teach less than the target's or the "
            "ground truth's. Speedups over autoregressive decoding stay below 1 on this CPU: the theory column "
-           "assumes verifying gamma+1 tokens costs one target step, but for a model this small it costs 1.25-2.06 "
-           "steps at batch 1 and 1.61-3.48 at batch 8 (experiments/results/decode_benchmark.md), more at the batch "
-           "of 32 used here, and each round adds overhead of its own.")
+           f"assumes verifying gamma+1 tokens costs one target step, but for a model this small it costs "
+           f"{v_batch:.2f} steps at the batch of {config.num_prompts} used here (v measured in this run), and each "
+           "round adds overhead of its own.")
   return text
 
 def cell_config(config, divergence: str, source: str, seed: int):
@@ -92,6 +92,8 @@ def run(config) -> str:
       drafts[d, s, seed] = lib.train_cell(cell_config(config, d, s, seed), workdir)
   cache = max(map(len, prompts[0])) + config.max_new_tokens + config.gamma_best + 2
   c_ratio = evaluate.cost_ratio(target, base_draft, len(prompts[0]), cache)
+  v_batch = (evaluate.step_seconds(target, len(prompts[0]), cache, tokens=config.gamma + 1)
+             / evaluate.step_seconds(target, len(prompts[0]), cache))  # a verification pass, in target steps
 
   def measure(draft_of, gamma):
     """{temperature: {metric: per-seed values}} for draft_of(seed) at this gamma."""
@@ -149,7 +151,7 @@ def run(config) -> str:
                f"**Gamma {config.gamma_best}** (DistillSpec's block size) for the {config.best_cells} best cells "
                "by alpha at each temperature.")
   report.text(f"**Against the paper.** {CLAIM}\n\n" + "\n\n".join(
-      verdict(temp, cells, sums, config) for temp in config.temperatures) + "\n\n" + verdict_overall(cells, sums, config))
+      verdict(temp, cells, sums, config) for temp in config.temperatures) + "\n\n" + verdict_overall(cells, sums, config, v_batch))
   plt, save = lib.figure("divergence_grid", config.results_dir or None)
   fig, axes = plt.subplots(1, len(config.temperatures), figsize=(5 * len(config.temperatures), 3.6))
   for ax, temp in zip(np.atleast_1d(axes), config.temperatures):

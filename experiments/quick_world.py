@@ -71,7 +71,7 @@ def main(argv=None) -> str:
            *["| " + " | ".join(r) + " |" for r in rows], "",
            "Speedups are over autoregressive decoding of the target on this machine. The theory assumes "
            "verifying gamma+1 tokens costs one target step; for models this small on a CPU it costs "
-           "1.25-3.5 steps (experiments/bench_decode.py measures it) and each round adds overhead, so the "
+           "1.25-3.5 steps (python -m specdistill_jax.bench measures it) and each round adds overhead, so the "
            "measured speedup falls short.", ""]
   text = "\n".join(lines)
   print(text)
