@@ -19,10 +19,10 @@ ttt_steps, num_prompts, draft_vocab_size, layers):
   the three layers' features instead would take 3 x 576 x 2 = 3,456 bytes per token in bf16,
   against 137 for the top-16 logits cache). Measured on 2 cores: 56.9 min (7 s per step when
   the cores were free, 11-12 s while tests shared them). Eval (8 prompts x 32 tokens, gamma 4,
-  T=0): alpha 0.29 / 0.31 / 0.31, tau 1.39 / 1.41 / 1.42 at steps 100 / 200 / 400. At B=1,
-  bf16 (experiments/results/tree_benchmark_eagle3.md): chain gamma 1 1.15x AR at T=0, tree
-  2:2:4 1.11x at T=1; c = 0.126 (decode_benchmark_eagle3.md) against 0.228 for the 2-layer
-  independent draft.
+  T=0): alpha 0.29 / 0.31 / 0.31, tau 1.39 / 1.41 / 1.42 at steps 100 / 200 / 400; a rerun
+  with `steps=200` (2026-12-02, 40.5 min while other jobs shared the cores) reached alpha 0.29 /
+  tau 1.38. Its B=1, bf16 benchmark on MT-Bench and HumanEval (python -m specdistill_jax.bench):
+  experiments/results/decode_benchmark_eagle3.md and decode_benchmark_eagle3_turn2_humaneval.md.
 * cell: the study's cell (experiments/feature_drafters.py): the same model, fewer steps.
 * micro: the smoke test's cell (a tiny random target, 2 steps).
 * gpu: an EAGLE-3 head for Llama-3.1-8B-Instruct from $MODELS_DIR (unrun here: no GPU was

@@ -17,9 +17,9 @@ num_prompts, seed, loss, source):
   token cached vs 196,608 for full fp32 logits), 150 steps of batch 16 x 160 tokens.
   Measured on 2 cores: 34.5 min (13 min teacher cache while another job shared the cores,
   21.5 min training at 7.6 s/step). Eval (8 prompts x 32 tokens, gamma 4, T=0): alpha
-  0.22 / 0.27 / 0.29 and tau 1.26 / 1.35 / 1.39 at steps 50 / 100 / 150. At B=1 this draft
-  makes SD slower than plain decoding (experiments/results/decode_benchmark_real.md):
-  c = 0.22 (the 49k head), alpha 0.12-0.21 on the benchmark's prompts.
+  0.22 / 0.27 / 0.29 and tau 1.26 / 1.35 / 1.39 at steps 50 / 100 / 150. At B=1 a 2-layer
+  cut makes SD slower than plain decoding: c ~0.24 (the 49k head) against alpha ~0.15
+  (experiments/results/decode_benchmark_layers2.md measures the quick preset's cut on MT-Bench).
 * quick: the README's main job (experiments/quickstart.py): 256 prompts, 60 steps, bf16
   compute with fp32 master weights (2.3x the fp32 matmul rate on this CPU).
 * micro: the smoke test's cell (1 layer, 4 prompts, 2 steps, small corpus).

@@ -94,6 +94,18 @@ def turn1_answers(target, chat, target_dir: str, dtype: str, max_new_tokens: int
   return answers
 
 
+def release_programs() -> None:
+  """Drop the compiled decoding programs of a finished (set, temperature): a 30-layer target's
+  programs hold many executable memory maps, and a run that kept every one of them met
+  LLVM's 'Cannot allocate memory' under Linux's default vm.max_map_count (65,530)."""
+  import jax
+
+  from specdistill_jax.sampling import autoregressive, speculative
+  speculative._program.cache_clear()
+  autoregressive._program.cache_clear()
+  jax.clear_caches()
+
+
 def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Sequence[Method],
               temperatures: Sequence[float], max_new_tokens: int = 64, limit: Optional[int] = None,
               repeats: int = 1, dtype: str = "bfloat16", data_dir: Optional[str] = None,
@@ -138,6 +150,7 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
     for temp in temperatures:
       recs = decode_set(target, draft, ids, cats, methods, temp, max_new_tokens, repeats,
                         progress=f"{name} T={temp:g}")
+      release_programs()
       if temp == 0.0:
         greedy_ar = [r.ids for r in recs[None]]
       for m in methods:
