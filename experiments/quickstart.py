@@ -90,7 +90,7 @@ def main(argv=None) -> str:
       "| temperature | plain tok/s | speculative tok/s | speedup [95% CI] | alpha | tau | predicted | measured / predicted |",
       "|---:|---:|---:|---|---:|---:|---:|---:|"]
       + [f"| {t:g} | {x['ar_tokens_per_s']:.1f} | {x['sd_tokens_per_s']:.1f} | {x['speedup']:.2f}x "
-         f"{report._ci(x['speedup_ci'])} | {x['alpha']:.3f} | {x['tau']:.2f} | {x['predicted_speedup']:.2f}x | "
+         f"{report.ci_text(x['speedup_ci'])} | {x['alpha']:.3f} | {x['tau']:.2f} | {x['predicted_speedup']:.2f}x | "
          f"{x['speedup'] / x['predicted_speedup']:.2f} |" for t, x in sorted(rows.items())]
       + ["", f"Greedy speculative ids differ from greedy plain ids on {len(rows[0.0]['greedy_differs'])}/"
          f"{s.num_prompts} prompts" + (" (bf16: a k-token pass may round a near-tie differently)." if dtype ==

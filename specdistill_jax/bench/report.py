@@ -30,7 +30,7 @@ PROTOCOL = (
     "differing position is given).")
 
 
-def _ci(ci) -> str:
+def ci_text(ci) -> str:
   return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-"
 
 
@@ -60,7 +60,7 @@ def markdown(result: SuiteResult, command: str, minutes: float) -> str:
     for x in (x for x in s.summaries if x["category"] == "all"):
       pred = x.get("predicted_speedup")
       lines.append(f"| {x['temperature']:g} | {x['method'].label} | {x['ar_tokens_per_s']:.1f} | "
-                   f"{x['sd_tokens_per_s']:.1f} | {x['speedup']:.2f}x {_ci(x['speedup_ci'])} | {x['alpha']:.3f} | "
+                   f"{x['sd_tokens_per_s']:.1f} | {x['speedup']:.2f}x {ci_text(x['speedup_ci'])} | {x['alpha']:.3f} | "
                    f"{x['tau']:.2f} | {' / '.join(f'{a:.2f}' for a in x['position_acceptance'])} | "
                    f"{'-' if pred is None else f'{pred:.2f}x'} | {x['ms_per_round']:.1f} | {_greedy(x)} |")
     cats = sorted({x["category"] for x in s.summaries} - {"all"})

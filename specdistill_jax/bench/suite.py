@@ -156,11 +156,12 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
       for m in methods:
         for cat in ["all"] + sorted(set(cats)):
           keep = [i for i, cc in enumerate(cats) if cat == "all" or cc == cat]
-          s = summarise([recs[m][i] for i in keep], [recs[None][i] for i in keep], temp)
+          summary = summarise([recs[m][i] for i in keep], [recs[None][i] for i in keep], temp)
           if m.tree is None:
-            s["predicted_speedup"] = s["tau"] / (m.gamma * c + v[m.verified])
-          summaries.append(dict(temperature=temp, method=m, category=cat, **s))
-        s = next(x for x in summaries if x["method"] == m and x["temperature"] == temp and x["category"] == "all")
+            summary["predicted_speedup"] = summary["tau"] / (m.gamma * c + v[m.verified])
+          summaries.append(dict(temperature=temp, method=m, category=cat, **summary))
+          if cat == "all":
+            s = summary
         log(f"  T={temp:g} {m.label}: speedup {s['speedup']:.2f}x {s['speedup_ci']}, tau {s['tau']:.2f}, "
             f"alpha {s['alpha']:.3f}")
     peer_rows = []
