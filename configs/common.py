@@ -98,16 +98,17 @@ def model_overrides(**values) -> ml_collections.ConfigDict:
 
 
 def feature(num_layers: int = 1, feature_layers: tuple = (), draft_vocab_size: int = 0,
-            vocab_batches: int = 32, verifier: str = "") -> ml_collections.ConfigDict:
+            vocab_batches: int = 32, verifier: str = "", head_from_target: bool = True) -> ml_collections.ConfigDict:
   """An EAGLE-3 feature draft (models.create_feature_draft) for a spec with kind='feature'.
 
   feature_layers: target layer ids (() = EAGLE-3's low/middle/high); draft_vocab_size: 0 = the
   full vocabulary, else the most frequent tokens of the first `vocab_batches` training batches;
-  verifier: the target's name written into the speculators export (default: its hf_path).
+  verifier: the target's name written into the speculators export (default: its hf_path);
+  head_from_target: start the LM head (draft vocabulary rows) and final norm from the target's.
   """
   return ml_collections.ConfigDict(dict(num_layers=num_layers, feature_layers=tuple(feature_layers),
                                         draft_vocab_size=draft_vocab_size, vocab_batches=vocab_batches,
-                                        verifier=verifier))
+                                        verifier=verifier, head_from_target=head_from_target))
 
 
 def model(preset: str = "", hf_path: str = "", checkpoint: str = "", dtype: str = "float32",
@@ -150,6 +151,8 @@ def train_config() -> ml_collections.ConfigDict:
       split="train",
       documents=False,  # train on documents (no prompts): the curated-text scenario
       max_examples=0,  # 0 = all; else the first N (data-scaling curves)
+      unit="turn",  # 'turn' (one user turn -> its answer) or 'conversation' (every assistant turn of a
+      # ShareGPT conversation, the conversation so far as its context; sharegpt corpora only)
       max_len=128,
       max_prompt_len=64,
       mode="pad",  # 'pad' (one example per row) or 'pack'
@@ -167,6 +170,7 @@ def train_config() -> ml_collections.ConfigDict:
       on_policy_temperature=-1.0,  # the draft's sampling temperature for on-policy rows (< 0: gen_temperature)
       gen_temperature=1.0,  # sampling temperature of generated data
       max_new_tokens=64,
+      gen_batch_size=32,  # teacher_offline: prompts per generation batch (sorted by length)
       black_box=False,  # generated data without logits: loss must be 'ce'
       top_k=16,  # top-k logits kept by the offline cache
       offline_cache="",  # default: {workdir}/teacher_cache

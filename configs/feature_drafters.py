@@ -25,7 +25,7 @@ steps), 16 prompts x 32 tokens, 23.1 min:
         num_prompts=16,max_new_tokens=32 '--config.cells=independent,feature fkl,feature rkl,feature fkl on-policy,feature fkl ttt1'
 tau T=0 / T=1: independent 1.12 / 1.11, feature FKL 1.12 / 1.17, RKL 1.02 / 1.09, on-policy
 1.13 / 1.16, 1 TTT step 1.16 / 1.17; c 0.20 (independent) vs 0.04 (feature, fp32). At 25 steps
-every draft is far from trained (the 400-step head of configs/eagle3.py:cpu reaches alpha 0.31).
+every draft is far from trained (the 400-step head of configs/eagle3.py:cpu30k reaches alpha 0.31).
 """
 
 import copy

@@ -74,6 +74,11 @@ def test_main_job_runs_on_the_real_target(real_target, small_data, tmp_path):
   path = quickstart.main(["--scale", "micro", "--workdir", str(tmp_path), "--data_dir", small_data[0],
                           "--target_dir", real_target])
   text = open(path).read()
-  assert "| 0 |" in text and "| 1 |" in text and "predicted speedup = tau / (gamma c + v)" in text
-  assert "MT-Bench turn 1 (2 prompts, --limit 2)" in text and "--scale micro --gamma 3 --num_prompts 2" in text
-  assert "Greedy speculative ids differ from greedy plain ids on 0/2 prompts" in text  # fp32
+  assert "| chain gamma=1 | 0 |" in text and "| chain gamma=1 | 1 |" in text
+  assert "predicted speedup = tau / (gamma c + v)" in text and "an EAGLE-3 head" in text
+  assert "MT-Bench turn 1 (2 prompts, --limit 2)" in text and "--scale micro --gammas 1 --num_prompts 2" in text
+  assert "Greedy speculative ids differ from greedy plain ids on 0/2 (chain gamma=1) prompts" in text  # fp32
+  # the head is saved with save_hf (speculators eagle3) where the README says
+  import json
+  with open(os.path.join(tmp_path, "draft", "config.json")) as fh:
+    assert json.load(fh)["speculators_model_type"] == "eagle3"

@@ -1,9 +1,12 @@
 """The field's speculative-decoding protocol: batch 1, every prompt, AR and SD of a prompt back to back.
 
 For one prompt set and one temperature (`decode_set`):
-* every prompt is padded to one width and every program gets one cache size, so each
-  (method, temperature) compiles once; a warm-up run of every program on the first prompt
-  is not timed (compilation excluded);
+* every program gets one cache size (from the widest prompt of the set); a prompt runs at
+  its own width rounded up to 16 tokens (`sampling.pad_prompts`), so its prefill does no
+  work for padding, and a program compiles once per (method, temperature, width bucket).
+  Compilation is never timed (`CompiledProgram` keeps it apart, and a warm-up run of every
+  program on the first prompt is untimed), but it costs wall time: on the real target a
+  prompt that opens a new bucket takes ~1 min longer (one compile per method);
 * per prompt, `repeats` times: plain decoding (`sampling.generate_batch`) then every SD
   method (`sampling.speculative_generate`, a chain of gamma drafts or a `TreeSpec`), back
   to back, so machine noise hits all of them alike; a prompt's time is the median over
@@ -93,7 +96,8 @@ class Record:
 
 
 def padded(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 64):
-  """One width for the whole set: [n, W] int32 rows and lengths."""
+  """The set as one [n, W] int32 array and lengths (the samplers re-pad each row to its own
+  16-token bucket; W only sizes the cache)."""
   width = round_up(max(map(len, prompts)), multiple)
   rows = np.full((len(prompts), width), pad_id, np.int32)
   for i, p in enumerate(prompts):

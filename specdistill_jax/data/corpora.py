@@ -50,15 +50,19 @@ def _text(value) -> str:
 
 
 class TextSource:
-  """Random access to (prompt or None, response) pairs."""
+  """Random access to (prompt or None, response) pairs, or to whole conversations.
 
-  def __init__(self, get, length: int, name: str = ""):
-    self._get, self._len, self.name = get, length, name
+  conversations=True: `source[i]` is a tuple of (user turn, assistant turn) pairs in
+  conversation order (`load_conversations`), which `ChatFormat.conversation_example` encodes.
+  """
+
+  def __init__(self, get, length: int, name: str = "", conversations: bool = False):
+    self._get, self._len, self.name, self.conversations = get, length, name, conversations
 
   def __len__(self) -> int:
     return self._len
 
-  def __getitem__(self, i: int) -> tuple[Optional[str], str]:
+  def __getitem__(self, i: int):
     return self._get(int(i))
 
   @classmethod
@@ -66,8 +70,14 @@ class TextSource:
     pairs = list(pairs)
     return cls(lambda i: pairs[i], len(pairs), name)
 
+  @classmethod
+  def from_conversations(cls, conversations: Sequence[Sequence[tuple[str, str]]],
+                         name: str = "memory") -> "TextSource":
+    conversations = [tuple(c) for c in conversations]
+    return cls(lambda i: conversations[i], len(conversations), name, conversations=True)
+
   def take(self, n: int) -> "TextSource":
-    return TextSource(self._get, min(n, self._len), self.name)
+    return TextSource(self._get, min(n, self._len), self.name, self.conversations)
 
 
 def load(name: str, split: str, data_dir: Optional[str] = None, config: str = "full",
@@ -98,3 +108,33 @@ def load(name: str, split: str, data_dir: Optional[str] = None, config: str = "f
     return TextSource(lambda i: (None, _text(ds[i][fields.document])), len(ds), f"{name}:{split}:documents")
   return TextSource(lambda i: (_text(ds[i][fields.prompt]), _text(ds[i][fields.response])), len(ds),
                     f"{name}:{split}")
+
+
+CONVERSATION_CORPORA = ("sharegpt_chat", "sharegpt_code")
+
+
+def load_conversations(name: str, split: str, data_dir: Optional[str] = None, config: str = "full") -> TextSource:
+  """Whole conversations of a prepared ShareGPT corpus: `source[i]` = ((prompt, response), ...).
+
+  The corpus stores one example per answered user turn with its conversation id and turn
+  index; this groups them back, in turn order (conversations in order of first appearance).
+  """
+  if name not in CONVERSATION_CORPORA:
+    raise ValueError(f"corpus {name!r} has no conversations: data.unit='conversation' needs one of "
+                     f"{CONVERSATION_CORPORA} (use data.unit='turn' for it)")
+  import specdistill_jax.data  # noqa: F401 - registers the bundled builders
+
+  data_dir = data_dir or default_data_dir()
+  try:
+    ds = tfds.data_source(f"{name}/{config}", split=split, data_dir=data_dir, download=False)
+  except Exception as e:  # noqa: BLE001 - tfds raises several kinds here
+    raise DataSourceError(
+        f"corpus '{name}/{config}' split {split!r} is not prepared in {data_dir!r} ({type(e).__name__}); "
+        f"run: python -m specdistill_jax.data.prepare --data_dir={data_dir}") from e
+  groups: dict[str, list] = {}
+  for i in range(len(ds)):
+    ex = ds[i]
+    groups.setdefault(_text(ex["conversation_id"]), []).append(
+        (int(ex["turn"]), _text(ex["prompt"]), _text(ex["response"])))
+  convs = [tuple((p, r) for _, p, r in sorted(turns)) for turns in groups.values()]
+  return TextSource(lambda i: convs[i], len(convs), f"{name}:{split}:conversations", conversations=True)

@@ -62,8 +62,11 @@ class BatchPipeline:
 
   def encode(self, index: int):
     if index not in self._encoded:
-      prompt, response = self.source[index]
-      tokens, mask, plen = self.chat.example(prompt, response, self.max_len, self.max_prompt_len)
+      if self.source.conversations:
+        tokens, mask, plen = self.chat.conversation_example(self.source[index], self.max_len)
+      else:
+        prompt, response = self.source[index]
+        tokens, mask, plen = self.chat.example(prompt, response, self.max_len, self.max_prompt_len)
       if self.loss_on_prompt:
         mask = np.ones_like(mask)
         mask[0] = 0.0

@@ -104,6 +104,33 @@ class ChatFormat:
     out = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
+  def conversation_example(self, turns, max_len: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(tokens [<= max_len], loss mask, length before the first answer) of a whole conversation.
+
+    turns: (user turn, assistant turn) pairs in order. Every assistant turn is a training
+    target with the conversation so far as its context, through the chat template; the
+    mask is 1 on the answers' tokens (and their end-of-turn token). Cut at max_len: turns
+    that do not fit are dropped, a turn that fits in part keeps its first tokens.
+    """
+    tokens: list[int] = []
+    mask: list[float] = []
+    messages: list[dict] = []
+    for prompt, response in turns:
+      messages.append({"role": "user", "content": prompt})
+      context = self.conversation_ids(messages)
+      if context[:len(tokens)] != tokens:  # the template re-tokenised earlier text otherwise: restart there
+        tokens, mask = [], []
+      new = context[len(tokens):]
+      answer = self.response_ids(response)
+      tokens += new + answer
+      mask += [0.0] * len(new) + [1.0] * len(answer)
+      messages.append({"role": "assistant", "content": response})
+      if len(tokens) >= max_len:
+        break
+    tokens, mask = tokens[:max_len], mask[:max_len]
+    first = mask.index(1.0) if 1.0 in mask else len(mask)
+    return np.asarray(tokens, np.int32), np.asarray(mask, np.float32), first
+
   def response_ids(self, response: str) -> list[int]:
     return self.encode_text(response) + [self.eos]
 

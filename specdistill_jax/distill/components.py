@@ -79,7 +79,8 @@ def build_feature_draft(spec, target, source: src.Source, what: str = "draft"):
   return models.create_feature_draft(target.config, num_layers=f.num_layers,
                                      feature_layers=tuple(f.feature_layers) or None, draft_vocab_size=size,
                                      seed=spec.seed, target=target, token_counts=counts, dtype=spec.dtype,
-                                     param_dtype=spec.param_dtype)
+                                     param_dtype=spec.param_dtype,
+                                     head_from_target=bool(f.get("head_from_target", True)))
 
 
 def set_overrides(spec) -> dict:
@@ -129,8 +130,19 @@ def check_vocab(chat: ChatFormat, named: dict) -> None:
 
 def text_source(config, chat: ChatFormat, corpora_names: str, split: str, limit: int = 0) -> TextSource:
   d = config.data
-  parts = [corpora.load(name.strip(), split, config.data_dir or None, d.corpus_config, d.documents)
-           for name in corpora_names.split(",") if name.strip()]
+  unit = d.get("unit", "turn")
+  if unit not in ("turn", "conversation"):
+    raise ValueError(f"data.unit={unit!r} must be 'turn' (one user turn and its answer) or 'conversation' "
+                     "(every assistant turn of a whole conversation)")
+  if unit == "conversation" and d.documents:
+    raise ValueError("data.unit='conversation' trains on chats: it cannot be combined with data.documents=True")
+
+  def one(name):
+    if unit == "conversation":
+      return corpora.load_conversations(name, split, config.data_dir or None, d.corpus_config)
+    return corpora.load(name, split, config.data_dir or None, d.corpus_config, d.documents)
+
+  parts = [one(name.strip()) for name in corpora_names.split(",") if name.strip()]
   if not parts:
     raise ValueError("config.data.corpora is empty")
   if len(parts) == 1:
@@ -142,11 +154,11 @@ def text_source(config, chat: ChatFormat, corpora_names: str, split: str, limit:
       k = int(np.searchsorted(offsets, i, side="right") - 1)
       return parts[k][i - offsets[k]]
 
-    source = TextSource(get, int(offsets[-1]), "+".join(p.name for p in parts))
+    source = TextSource(get, int(offsets[-1]), "+".join(p.name for p in parts), unit == "conversation")
   if limit:
     order = np.random.default_rng(config.seed).permutation(len(source))[:limit]
     base = source
-    source = TextSource(lambda i: base[int(order[i])], len(order), f"{base.name}[:{limit}]")
+    source = TextSource(lambda i: base[int(order[i])], len(order), f"{base.name}[:{limit}]", base.conversations)
   return source
 
 
@@ -208,6 +220,7 @@ def build_source(config, chat, target, workdir: str, needs_logits: bool, tokens_
     top_k = 0 if (d.black_box or tokens_only) else d.top_k
     build_teacher_cache(path, target, prompt_list, max_len=d.max_len, max_new_tokens=d.max_new_tokens,
                         temperature=d.gen_temperature, top_k=top_k, seed=config.seed,
+                        batch_size=int(d.get("gen_batch_size", 32)),
                         description=json.dumps(target.config.to_dict(), sort_keys=True)[:200])
     return src.TeacherOfflineSource(TeacherCache(path), d.batch_size, config.seed,
                                     white_box=not (d.black_box or tokens_only), process_index=jax.process_index(),

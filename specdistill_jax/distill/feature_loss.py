@@ -83,12 +83,12 @@ def feature_token_values(objective, graphdef, params, batch, target, reference=N
   out: dict = {}
   masks = []
   t = objective.temperature
-  teacher_all = draft.restrict_to_draft_vocab(t_model.project(t_h))
+  teacher_all = t_model.project(t_h, vocab_ids=draft.draft_ids)  # only the draft vocabulary's head rows
   draft_ids = draft.to_draft_ids(tokens)  # the data's tokens in the draft vocabulary (-1: absent)
   for s in range(steps):
     # step s at entry i: teacher at position i+1+s, predicted token at i+2+s
     if s and on_policy:  # after the draft's own proposals: the target over them
-      teacher = draft.restrict_to_draft_vocab(t_model.project(proposed[s - 1]))
+      teacher = t_model.project(proposed[s - 1], vocab_ids=draft.draft_ids)
     else:
       teacher = _shift(teacher_all, 1 + s, n)
     mask = chain_ok[s] & (_shift(batch["loss_mask"], 2 + s, n) > 0)

@@ -10,7 +10,8 @@ On disk (one directory): meta.json (generation settings: temperature,
 max_new_tokens, top_k, target description; reused at evaluation) and .npy
 arrays memory-mapped at read time. The directory is written under a temporary
 name and renamed when complete, so an interrupted build leaves nothing that
-looks finished; rebuilding with the same settings reuses a finished cache.
+looks finished; rebuilding with the same settings reuses a finished cache, and an
+interrupted build resumes from its finished batches.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import functools
 import json
 import os
 import shutil
+import time
 from typing import Optional
 
 import jax
@@ -78,16 +80,38 @@ def teacher_topk(target, batch: dict, k: int) -> TopKTeacher:
   return TopKTeacher(v, i, lse)
 
 
+def _done_batches(shard_dir: str, count: int) -> np.ndarray:
+  """Which batches already have a finished shard (process 0's view, shared with every process)."""
+  done = np.array([os.path.exists(os.path.join(shard_dir, f"batch_{b:06d}.npz")) for b in range(count)])
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    done = np.asarray(multihost_utils.broadcast_one_to_all(done))
+  return done.astype(bool)
+
+
 def build_teacher_cache(out_dir: str, target, prompts: list[list[int]], *, max_len: int,
                         max_new_tokens: int, temperature: float, top_k: int, batch_size: int = 32,
                         seed: int = 0, description: str = "", generate=None) -> dict:
-  """Generate with the target and store sequences (+ top-k logits). Returns the metadata."""
+  """Generate with the target and store sequences (+ top-k logits). Returns the metadata.
+
+  Throughput: prompts are generated in batches of `batch_size` sorted by length (each batch
+  pads to its own, similar, width: little padding, few program shapes); run the target in
+  bf16 for speed (`target` as loaded). Resumable: every finished batch is written at once to
+  OUT_DIR.incomplete/batch_NNNNNN.npz (atomically); a killed build rerun with the same
+  settings generates only the missing batches (each batch's randomness depends on its index
+  alone, so the result equals an uninterrupted build). When all batches exist the arrays are
+  assembled in prompt order and the directory renamed to OUT_DIR. Multi-process: generation
+  is one collective program over the global mesh (every process passes the same batch),
+  process 0 writes, and the finished-batch list is broadcast from it.
+  """
   from specdistill_jax.sampling import generate_batch
 
   generate = generate or generate_batch
   if top_k < 0 or top_k > target.config.vocab_size:
     raise ValueError(f"top_k={top_k} must be in [0, vocab_size={target.config.vocab_size}] "
                      "(0 = black-box: tokens only)")
+  if batch_size < 1:
+    raise ValueError(f"batch_size={batch_size} must be >= 1")
   meta = dict(temperature=float(temperature), max_new_tokens=int(max_new_tokens), top_k=int(top_k),
               max_len=int(max_len), num_examples=len(prompts), seed=int(seed),
               vocab_size=target.config.vocab_size, target=description)
@@ -102,38 +126,76 @@ def build_teacher_cache(out_dir: str, target, prompts: list[list[int]], *, max_l
                      f"wanted {meta}: delete it or choose another directory")
   writer = jax.process_index() == 0  # generation is collective; process 0 writes
   tmp = out_dir.rstrip("/") + ".incomplete"
+  settings = dict(meta, batch_size=int(batch_size))
+  settings_file = os.path.join(tmp, "settings.json")
   if writer:
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    try:
+      with open(settings_file) as fh:
+        resumable = json.load(fh) == settings
+    except (OSError, ValueError):
+      resumable = False
+    if not resumable:  # another build's (or a corrupt) partial directory: start over
+      shutil.rmtree(tmp, ignore_errors=True)
+      os.makedirs(tmp)
+      with open(settings_file, "w") as fh:
+        json.dump(settings, fh)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"teacher cache settings {out_dir}")
   n = len(prompts)
-  idx_dtype = np.int16 if target.config.vocab_size <= np.iinfo(np.int16).max else np.int32
-  shapes = dict(tokens=((n, max_len), np.int32), loss_mask=((n, max_len), np.uint8),
-                lengths=((n,), np.int32), prompt_lengths=((n,), np.int32))
-  if top_k:
-    shapes.update(topk_values=((n, max_len, top_k), np.float32),
-                  topk_indices=((n, max_len, top_k), idx_dtype), log_normalizer=((n, max_len), np.float32))
-  arrays = {name: (np.lib.format.open_memmap(os.path.join(tmp, f"{name}.npy"), mode="w+", dtype=dt, shape=shape)
-                   if writer else np.zeros((0,) + shape[1:], dt)) for name, (shape, dt) in shapes.items()}
+  order = np.argsort([len(p) for p in prompts], kind="stable")  # length buckets
+  batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+  done = _done_batches(tmp, len(batches))
   key = jax.random.PRNGKey(seed)
   pad = target.config.pad_token_id
-  for start in tqdm(range(0, n, batch_size), desc=f"teacher cache ({'top-%d' % top_k if top_k else 'tokens'})"):
-    chunk = prompts[start:start + batch_size]
-    gen = generate(target, chunk, max_new_tokens, temperature=temperature,
-                   rng=jax.random.fold_in(key, start))
+  idx_dtype = np.int16 if target.config.vocab_size <= np.iinfo(np.int16).max else np.int32
+  generated = seconds = 0.0
+  bar = tqdm(total=len(batches), initial=int(done.sum()),
+             desc=f"teacher cache ({'top-%d' % top_k if top_k else 'tokens'})")
+  for b, rows in enumerate(batches):
+    if done[b]:
+      continue
+    chunk = [prompts[int(r)] for r in rows]
+    t0 = time.perf_counter()
+    gen = generate(target, chunk, max_new_tokens, temperature=temperature, rng=jax.random.fold_in(key, b))
     batch = sequences_from_generation(chunk, *to_host(gen.tokens, gen.lengths), max_len, pad)
-    end = start + len(chunk)
+    generated += float(np.sum(to_host(gen.lengths)[0]))
+    # generation time without compilation (the first batch of each prompt width compiles)
+    seconds += getattr(gen, "wall_seconds", time.perf_counter() - t0)
     if top_k:
       t = teacher_topk(target, batch, top_k)
       batch.update(zip(TOPK_ARRAYS, to_host(t.values, t.indices, t.log_normalizer)))
+      batch["topk_indices"] = batch["topk_indices"].astype(idx_dtype)
     if writer:
-      for name in arrays:
-        arrays[name][start:end] = batch[name]
+      path = os.path.join(tmp, f"batch_{b:06d}.npz")
+      with open(path + ".part", "wb") as fh:
+        np.savez(fh, rows=np.asarray(rows), **{k: batch[k] for k in ARRAYS + (TOPK_ARRAYS if top_k else ())})
+      os.replace(path + ".part", path)
+    bar.update(1)
+    bar.set_postfix(generated_tok_s=f"{generated / max(seconds, 1e-9):.0f}")
+  bar.close()
   if writer:
+    shapes = dict(tokens=((n, max_len), np.int32), loss_mask=((n, max_len), np.uint8),
+                  lengths=((n,), np.int32), prompt_lengths=((n,), np.int32))
+    if top_k:
+      shapes.update(topk_values=((n, max_len, top_k), np.float32),
+                    topk_indices=((n, max_len, top_k), idx_dtype), log_normalizer=((n, max_len), np.float32))
+    arrays = {name: np.lib.format.open_memmap(os.path.join(tmp, f"{name}.npy"), mode="w+", dtype=dt, shape=shape)
+              for name, (shape, dt) in shapes.items()}
+    for b in range(len(batches)):
+      with np.load(os.path.join(tmp, f"batch_{b:06d}.npz")) as shard:
+        rows = shard["rows"]
+        for name in arrays:
+          arrays[name][rows] = shard[name]
     for a in arrays.values():
       a.flush()
+    for b in range(len(batches)):
+      os.remove(os.path.join(tmp, f"batch_{b:06d}.npz"))
+    os.remove(settings_file)
     # token (int32) + mask (uint8), plus k values (fp32) + k ids + the log-normaliser (fp32)
     meta["bytes_per_token"] = 5 + (top_k * (4 + np.dtype(idx_dtype).itemsize) + 4 if top_k else 0)
     meta["full_logits_bytes_per_token"] = 4 * target.config.vocab_size
+    meta["generated_tokens_per_s"] = round(generated / seconds, 1) if seconds else None
     with open(os.path.join(tmp, "meta.json"), "w") as fh:
       json.dump(meta, fh, indent=1)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -141,7 +203,7 @@ def build_teacher_cache(out_dir: str, target, prompts: list[list[int]], *, max_l
   if jax.process_count() > 1:  # the others wait for process 0's files
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"teacher cache {out_dir}")
-  return meta if writer else read_meta(out_dir)
+  return read_meta(out_dir)
 
 
 def read_meta(path: str) -> Optional[dict]:
@@ -150,8 +212,8 @@ def read_meta(path: str) -> Optional[dict]:
     return None
   with open(file) as fh:
     meta = json.load(fh)
-  meta.pop("bytes_per_token", None)
-  meta.pop("full_logits_bytes_per_token", None)
+  for k in ("bytes_per_token", "full_logits_bytes_per_token", "generated_tokens_per_s"):
+    meta.pop(k, None)
   return meta
 
 

@@ -260,13 +260,17 @@ class FeatureDraft(nnx.Module):
 def create_feature_draft(target_config: ModelConfig, *, num_layers: int = 1,
                          feature_layers: Optional[Sequence[int]] = None, draft_vocab_size: Optional[int] = None,
                          seed: int = 0, target=None, token_counts=None, norm_before_residual: bool = False,
-                         dtype: Optional[str] = None, param_dtype: Optional[str] = None) -> FeatureDraft:
+                         dtype: Optional[str] = None, param_dtype: Optional[str] = None,
+                         head_from_target: bool = True) -> FeatureDraft:
   """A randomly initialised EAGLE-3 draft for a target with `target_config`.
 
   num_layers: decoder layers (the first reads 2 D). feature_layers: target layer ids
   (default `default_feature_layers`). draft_vocab_size: None = the full vocabulary, else
   the most frequent ids of `token_counts` [V] (plus the eos ids); without counts, the
-  first ids. target: copy its embedding (the draft reads the target's token embedding).
+  first ids. target: copy its embedding (the draft reads the target's token embedding) and,
+  with head_from_target, start the LM head and final norm from the target's own (the head
+  restricted to the draft vocabulary's rows), as speculators initialises an eagle3 draft
+  from its verifier: the head then starts in the target's output space instead of at random.
   """
   if int(num_layers) != num_layers or num_layers < 1:
     raise ValueError(f"num_layers={num_layers} must be an integer >= 1")
@@ -288,4 +292,10 @@ def create_feature_draft(target_config: ModelConfig, *, num_layers: int = 1,
     if target.config.vocab_size != tc.vocab_size or target.config.d_model != tc.d_model:
       raise ValueError("target does not match target_config (vocab_size / d_model)")
     draft.frozen_embed.value = jnp.array(target.embed[...], config.jnp_param_dtype, copy=True)
+    if head_from_target:
+      head = target.embed[...].T if target.config.tie_embeddings else target.lm_head[...]  # [D, V]
+      if draft_ids is not None:
+        head = jnp.take(head, jnp.asarray(np.asarray(draft_ids, np.int32)), axis=1)
+      draft.lm_head.value = jnp.array(head, config.jnp_param_dtype, copy=True)
+      draft.final_norm.weight.value = jnp.array(target.final_norm.weight[...], config.jnp_param_dtype, copy=True)
   return draft

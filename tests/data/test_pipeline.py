@@ -63,3 +63,36 @@ def test_packing_keeps_segments_apart_and_within_length(small_data, source):
     starts = np.nonzero((seg > 0) & (pos == 0))[0]
     assert len(starts) == seg.max()  # each segment starts at position 0
     assert (b["tokens"][r, starts] == small_data[1].bos).all()
+
+
+def test_whole_conversations_train_every_answer_with_its_context(small_data):
+  """data.unit='conversation': the turns of one ShareGPT conversation, in order, every answer masked in."""
+  chat = small_data[1]
+  convs = data.corpora.load_conversations("sharegpt_chat", "train", small_data[0], "small")
+  turns = data.load("sharegpt_chat", "train", small_data[0], "small")
+  assert 0 < len(convs) < len(turns)  # conversations regroup the turns
+  assert sum(len(convs[i]) for i in range(len(convs))) == len(turns)
+  multi = next(i for i in range(len(convs)) if len(convs[i]) >= 2)
+  conv = convs[multi]
+  tokens, mask, first = chat.conversation_example(conv, max_len=100_000)
+  # the tokens are the chat template of the whole conversation, answers closed by the end token
+  messages = [m for p, r in conv for m in ({"role": "user", "content": p}, {"role": "assistant", "content": r})]
+  assert tokens.tolist()[:first] == chat.prompt_ids(conv[0][0])
+  assert tokens.tolist() == chat.conversation_ids(messages)[:len(tokens)]
+  answers = [chat.response_ids(r) for _, r in conv]
+  assert mask.sum() == sum(map(len, answers))
+  runs = np.split(tokens[mask > 0], np.cumsum([len(a) for a in answers])[:-1])
+  assert [r.tolist() for r in runs] == answers  # each answer, in order, nothing else
+  # a later answer sees the earlier turns: its context holds the first answer's tokens
+  second = np.nonzero(mask)[0][len(answers[0])]
+  assert mask[:second].sum() == len(answers[0]) and mask[second - 1] == 0
+  # cut at max_len: the mask stays aligned with the tokens
+  cut, cut_mask, cut_first = chat.conversation_example(conv, max_len=first + 3)
+  assert len(cut) == first + 3 and cut_mask.tolist() == [0.0] * first + [1.0] * 3 and cut_first == first
+  b = BatchPipeline(convs, chat, batch_size=2, max_len=256, seed=0, mode="pack", pack_factor=4).batch(0)
+  assert b["loss_mask"].sum() > 0 and (b["lengths"] <= 256).all()
+
+
+def test_conversation_unit_refuses_corpora_without_conversations(small_data):
+  with pytest.raises(ValueError, match="has no conversations"):
+    data.corpora.load_conversations("math_word_problems", "train", small_data[0], "small")

@@ -106,3 +106,38 @@ def test_sequences_from_generation_masks_generated_part_only():
   np.testing.assert_array_equal(out["tokens"], [[1, 2, 3, 7, 8, 0], [4, 9, 0, 0, 0, 0]])
   np.testing.assert_array_equal(out["loss_mask"], [[0, 0, 0, 1, 1, 0], [0, 1, 0, 0, 0, 0]])
   np.testing.assert_array_equal(out["lengths"], [5, 2])
+
+
+def test_teacher_cache_build_resumes_after_a_kill_and_keeps_prompt_order(tmp_path):
+  """A build killed mid-way regenerates only the missing batches, and equals an uninterrupted build."""
+  from specdistill_jax import models
+  from specdistill_jax.sampling import generate_batch
+  target = models.create(models.preset("tiny", vocab_size=97), seed=0)
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(3, 97, size=int(n)).tolist() for n in rng.integers(2, 20, size=11)]
+  settings = dict(max_len=40, max_new_tokens=6, temperature=1.0, top_k=4, batch_size=3, seed=5)
+  calls = []
+
+  def generate(model, chunk, *args, **kw):
+    calls.append([list(p) for p in chunk])
+    if len(calls) == 3 and kill[0]:
+      raise KeyboardInterrupt("killed")
+    return generate_batch(model, chunk, *args, **kw)
+
+  kill = [True]
+  out = str(tmp_path / "cache")
+  with pytest.raises(KeyboardInterrupt):
+    teacher_cache.build_teacher_cache(out, target, prompts, generate=generate, **settings)
+  assert not os.path.exists(out) and len(os.listdir(out + ".incomplete")) == 3  # 2 batches + settings
+  kill[0], calls[:] = False, []
+  teacher_cache.build_teacher_cache(out, target, prompts, generate=generate, **settings)
+  assert len(calls) == 2  # batches 3 and 4 of 4 (11 prompts, 3 a batch): nothing generated twice
+  assert not os.path.exists(out + ".incomplete")
+  whole = str(tmp_path / "whole")
+  teacher_cache.build_teacher_cache(whole, target, prompts, **settings)
+  a, b = teacher_cache.TeacherCache(out), teacher_cache.TeacherCache(whole)
+  for name in a.arrays:
+    np.testing.assert_array_equal(a.arrays[name], b.arrays[name])
+  for i, p in enumerate(prompts):  # row i is prompt i, whatever batch its length put it in
+    assert a.arrays["tokens"][i, :len(p)].tolist() == p and a.arrays["prompt_lengths"][i] == len(p)
+  assert np.asarray(a.arrays["loss_mask"]).sum() > 0

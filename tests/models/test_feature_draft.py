@@ -118,3 +118,19 @@ def test_on_policy_unroll_feeds_the_drafts_own_samples():
   np.testing.assert_array_equal(inputs[0], tokens[:, 1:])
   for s in (1, 2):  # greedy on-policy: step s reads step s-1's argmax
     np.testing.assert_array_equal(inputs[s], ids[np.argmax(np.asarray(logits[s - 1]), -1)])
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_head_starts_as_the_targets_head_on_the_draft_vocabulary(tie):
+  """head_from_target (speculators' init): draft_logits(x) == the target's logits on the draft ids."""
+  target = models.create(models.preset("tiny", vocab_size=50, tie_embeddings=tie), seed=0)
+  target.final_norm.weight.value = jax.random.uniform(jax.random.PRNGKey(2), (target.config.d_model,)) + 0.5
+  counts = np.random.RandomState(0).rand(50)
+  draft = models.create_feature_draft(target.config, draft_vocab_size=30, target=target, token_counts=counts)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, target.config.d_model))
+  want = target.project(target.final_norm(x), vocab_ids=draft.draft_ids)
+  np.testing.assert_allclose(np.asarray(draft.draft_logits(x)), np.asarray(want),
+                             atol=fp32_atol(want, reduction=target.config.d_model), rtol=0)
+  scratch = models.create_feature_draft(target.config, draft_vocab_size=30, target=target, token_counts=counts,
+                                        head_from_target=False)
+  assert not np.allclose(np.asarray(scratch.draft_logits(x)), np.asarray(want), atol=1e-2)

@@ -135,3 +135,15 @@ def test_bf16_mixed_precision_gradients_match_fp32():
     a, b = np.ravel(np.asarray(a)), np.ravel(np.asarray(b, np.float32))
     cos = a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)
     assert cos > 0.99, cos
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_project_onto_a_vocabulary_subset_equals_the_full_head_columns(tie):
+  """A reduced-vocabulary draft's teacher: project(h, vocab_ids) == project(h)[..., vocab_ids]."""
+  model = _model(tie_embeddings=tie)
+  h = model.hidden(_tokens(2, 6))
+  ids = np.array([5, 0, 96, 41, 17], np.int32)  # unsorted, with both ends of the vocabulary
+  full, part = model.project(h), model.project(h, vocab_ids=ids)
+  assert part.shape == h.shape[:-1] + (len(ids),)
+  _assert_close(np.asarray(part), np.asarray(full)[..., ids])
+  assert not np.allclose(np.asarray(part), np.asarray(full)[..., ids[::-1]])  # column order matters
