@@ -38,6 +38,7 @@ from specdistill_jax import loading, models  # noqa: E402
 from specdistill_jax.data import BatchPipeline, ChatFormat, corpora  # noqa: E402
 from specdistill_jax.distill import state as state_lib, step as step_lib  # noqa: E402
 from specdistill_jax.models import import_gguf  # noqa: E402
+from studylib import write_text  # noqa: E402
 
 LAYOUTS = {  # name -> (unit, mode, batch, max_len, target dtype)
     "turns fp32 (16 x 160, padded)": ("turn", "pad", 16, 160, "float32"),
@@ -137,11 +138,7 @@ def main(argv=None) -> str:
                  f"{r['mean_sequence']:.0f} | {r['tok_s']:.0f} | {r['tok_s'] / base:.2f}x | "
                  f"{r['flops_per_token'] / 1e9:.3f} | {r['mfu']:.2f} | {r['compile_s']:.0f} |")
   lines.append("")
-  text = "\n".join(lines)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as fh:
-    fh.write(text)
-  print(text)
+  write_text(args.out, "\n".join(lines))
   return args.out
 
 

@@ -21,6 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+from studylib import write_text  # noqa: E402
 SQUARE = (1024, 2048, 4096)
 # (M, K, N): 4096 tokens a step; attention/MLP projections, the draft head, the target head
 TRAIN = ((4096, 576, 576), (4096, 576, 1536), (4096, 1536, 576), (4096, 576, 8192), (4096, 576, 49152))
@@ -72,11 +75,7 @@ def main(argv=None) -> str:
   lines += [f"| {m} x {k} x {n} | {a:.3f} | {b:.3f} | {b / a:.2f} |" for (m, k, n), a, b in rows]
   lines += ["", f"Peak: fp32 {peak32:.3f} TFLOP/s, bf16 {peak16:.3f} TFLOP/s (the MFU denominators of "
             "experiments/bench_train.py).", ""]
-  text = "\n".join(lines)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as fh:
-    fh.write(text)
-  print(text)
+  write_text(args.out, "\n".join(lines))
   return args.out
 
 

@@ -18,6 +18,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -27,6 +28,7 @@ from specdistill_jax.data import BatchPipeline, ChatFormat, corpora  # noqa: E40
 from specdistill_jax.distill.sources import pipeline_prompts  # noqa: E402
 from specdistill_jax.models import import_gguf  # noqa: E402
 from specdistill_jax.sampling import generate_batch  # noqa: E402
+from studylib import write_text  # noqa: E402
 
 SETTINGS = (("float32", 32, False), ("bfloat16", 32, True), ("bfloat16", 64, True), ("bfloat16", 128, True),
             ("bfloat16", 256, True))
@@ -77,10 +79,7 @@ def main(argv=None) -> str:
   lines += [f"| {d} | {b} | {'yes' if s else 'no'} | {t:.0f} | {t / base:.1f}x | {n:.0f} | {c:.0f} |"
             for d, b, s, t, n, c in rows]
   lines.append("")
-  text = "\n".join(lines)
-  with open(args.out, "w") as fh:
-    fh.write(text)
-  print(text)
+  write_text(args.out, "\n".join(lines))
   return args.out
 
 
