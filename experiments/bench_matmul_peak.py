@@ -74,7 +74,7 @@ def main(argv=None) -> str:
            "| M x K x N | fp32 TFLOP/s | bf16 TFLOP/s | bf16 / fp32 |", "|---|---:|---:|---:|"]
   lines += [f"| {m} x {k} x {n} | {a:.3f} | {b:.3f} | {b / a:.2f} |" for (m, k, n), a, b in rows]
   lines += ["", f"Peak: fp32 {peak32:.3f} TFLOP/s, bf16 {peak16:.3f} TFLOP/s (the MFU denominators of "
-            "experiments/bench_train.py).", ""]
+            "experiments/bench_eagle3_step.py).", ""]
   write_text(args.out, "\n".join(lines))
   return args.out
 
