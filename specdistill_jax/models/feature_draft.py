@@ -166,10 +166,6 @@ class FeatureDraft(nnx.Module):
       return draft_tokens.astype(jnp.int32)
     return jnp.asarray(np.asarray(self.draft_ids, np.int32))[draft_tokens]
 
-  def restrict_to_draft_vocab(self, logits):
-    """Target-vocabulary logits [..., V] -> the draft vocabulary's [..., Vd]."""
-    return logits if self.draft_ids is None else logits[..., np.asarray(self.draft_ids)]
-
   def _inputs(self, tokens, hidden):
     embeds = jnp.take(self.frozen_embed[...], tokens, axis=0).astype(self.config.jnp_dtype)
     return jnp.concatenate([embeds, hidden.astype(self.config.jnp_dtype)], -1)
