@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 # taps runs as taps:math, its superset (a third drafter and the answer-accuracy table)
 STUDIES = ("domain_shift", "divergence_grid", "domain_draft", "adaspec", "lossy", "feature_drafters",
-           "model_garden", "onpolicy_ablation", "taps:math")
+           "model_garden", "onpolicy_ablation", "taps:math", "draft_scaling")
 
 
 @pytest.mark.parametrize("study", STUDIES)

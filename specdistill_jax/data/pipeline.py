@@ -92,25 +92,46 @@ class BatchPipeline:
         out["segment_ids"][r, :n], out["positions"][r, :n] = 1, np.arange(n)
         out["prompt_lengths"][r], out["lengths"][r] = plen, n
       return out
+    for r, placements in enumerate(self._pack_plan(step)[first_row:first_row + rows]):
+      for index, a, segment in placements:
+        tokens, mask, _ = self.encode(index)
+        n = len(tokens)
+        out["tokens"][r, a:a + n], out["loss_mask"][r, a:a + n] = tokens, mask
+        out["segment_ids"][r, a:a + n], out["positions"][r, a:a + n] = segment, np.arange(n)
+        out["lengths"][r] = a + n
+    return out
+
+  def _pack_plan(self, step: int) -> list:
+    """Per global row of batch `step`: [(example index, offset, segment id)], first fit over the
+    next `batch_size * pack_factor` stream positions (computed over the global batch, so every
+    process agrees; examples that fit nowhere are skipped)."""
     window = self.batch_size * self.pack_factor
     fill = np.zeros(self.batch_size, np.int32)
-    segments = np.zeros(self.batch_size, np.int32)
-    for j in range(window):  # first fit, over the global batch so every process agrees
-      tokens, mask, _ = self.encode(self.example_index(step * window + j))
-      n = len(tokens)
+    plan: list = [[] for _ in range(self.batch_size)]
+    for j in range(window):
+      index = self.example_index(step * window + j)
+      n = len(self.encode(index)[0])
       fits = np.nonzero(fill + n <= self.max_len)[0]
       if not len(fits):
         continue
       g = int(fits[0])
-      segments[g] += 1
-      r = g - first_row
-      if 0 <= r < rows:
-        a = fill[g]
-        out["tokens"][r, a:a + n], out["loss_mask"][r, a:a + n] = tokens, mask
-        out["segment_ids"][r, a:a + n], out["positions"][r, a:a + n] = segments[g], np.arange(n)
+      plan[g].append((index, int(fill[g]), len(plan[g]) + 1))
       fill[g] += n
-    out["lengths"] = fill[first_row:first_row + rows].copy()
-    return out
+    return plan
+
+  def placed(self, step: int) -> list[int]:
+    """Source indices of the examples global batch `step` trains on (all processes' rows)."""
+    if self.mode == "pad":
+      return [self.example_index(step * self.batch_size + r) for r in range(self.batch_size)]
+    return [index for row in self._pack_plan(step) for index, _, _ in row]
+
+  def unique_loss_tokens(self, steps: int) -> tuple[int, int]:
+    """(distinct examples, their loss tokens) that batches 0..steps-1 train on: the unique data a
+    run of `steps` steps saw (repeats and examples packing skipped are not counted)."""
+    seen = set()
+    for step in range(steps):
+      seen.update(self.placed(step))
+    return len(seen), int(sum(float(self.encode(i)[1].sum()) for i in seen))
 
   def __iter__(self) -> Iterator[dict]:
     return self.iterate(0)

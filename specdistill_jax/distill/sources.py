@@ -43,6 +43,11 @@ class Source:
   def describe(self) -> dict:
     return {"source": self.name, "teacher": self.teacher}
 
+  def unique_data(self, steps: int) -> Optional[tuple[int, int]]:
+    """(distinct examples, their loss tokens) that steps 0..steps-1 train on; None for sources
+    that generate every batch afresh (no example repeats)."""
+    return None
+
 
 def pipeline_prompts(pipeline: BatchPipeline) -> Callable[[int], list[list[int]]]:
   """Prompts (token lists up to the assistant marker) of a pad-mode pipeline's step batch."""
@@ -109,6 +114,9 @@ class FixedSource(Source):
   def batch(self, step, draft=None):
     return self.pipeline.batch(step)
 
+  def unique_data(self, steps):
+    return self.pipeline.unique_loss_tokens(steps)
+
 
 class TeacherOfflineSource(Source):
   name = "teacher_offline"
@@ -131,6 +139,12 @@ class TeacherOfflineSource(Source):
 
   def describe(self):
     return {**super().describe(), "generation": dict(self.cache.meta)}
+
+  def unique_data(self, steps):
+    rows = PromptSet(list(range(len(self.cache))), self.batch_size, self.seed)  # every process's rows
+    seen = sorted({i for step in range(steps) for i in rows(step)})
+    mask = self.cache.arrays["loss_mask"]
+    return len(seen), int(sum(float(np.sum(mask[i])) for i in seen))
 
 
 class _GeneratingSource(Source):

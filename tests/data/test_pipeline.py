@@ -96,3 +96,16 @@ def test_whole_conversations_train_every_answer_with_its_context(small_data):
 def test_conversation_unit_refuses_corpora_without_conversations(small_data):
   with pytest.raises(ValueError, match="has no conversations"):
     data.corpora.load_conversations("math_word_problems", "train", small_data[0], "small")
+
+
+@pytest.mark.parametrize("mode", ["pad", "pack"])
+def test_unique_data_counts_each_placed_example_once(small_data, mode):
+  # 6 pairs, each short enough to fit: over 5 steps of 4 rows every pair is seen, most twice or more
+  src = data.TextSource.from_pairs([(f"question {i}", "answer " * (i + 1)) for i in range(6)])
+  p = BatchPipeline(src, small_data[1], batch_size=4, max_len=64, seed=0, mode=mode, pack_factor=2)
+  for step in range(5):  # placed() names exactly the examples whose loss tokens the batch holds
+    assert p.batch(step)["loss_mask"].sum() == sum(p.encode(i)[1].sum() for i in p.placed(step))
+  seen_twice = sum(p.batch(s)["loss_mask"].sum() for s in range(5))
+  examples, tokens = p.unique_loss_tokens(5)
+  assert examples == 6 and tokens == sum(p.encode(i)[1].sum() for i in range(6)) < seen_twice
+  assert p.unique_loss_tokens(1)[0] == len(set(p.placed(0))) <= (4 if mode == "pad" else 6)
