@@ -16,8 +16,9 @@ ttt_steps, num_prompts, draft_vocab_size, layers, recipe, max_examples, unit, he
   (data.unit='conversation': every assistant turn with the conversation so far as context,
   through the target's chat template), packed into rows of 16 x 256 tokens, the target in
   bf16 recomputing features and logits in every step (the EAGLE-1 / HASS 'fixed' recipe);
-  800 steps (~3.5M tokens, ~1.9M of them loss tokens, each seen once), lr 1e-3,
-  checkpoints every 50 steps (~9 min here). `recipe=regenerated`: the same head on the
+  600 steps (2.46M token slots; the batches hold 6,766 distinct conversations of 10,686, each cut
+  at 256 tokens: 925k unique loss tokens, counted by Source.unique_data), lr 1e-3, eval every
+  100 steps, checkpoints every 50 steps (~8 min here). `recipe=regenerated`: the same head on the
   target's own answers (teacher_offline, generated once in bf16 with batched, bucketed,
   resumable generation; SpecForge / speculators' recipe). Step throughput:
   experiments/results/eagle3_step.md.
@@ -84,8 +85,8 @@ def get_config(arg=None):
     c.data.update(corpora="sharegpt_chat", source="fixed", unit="conversation", mode="pack", pack_factor=8,
                   batch_size=16, max_len=256, max_prompt_len=96)
     c.eval.update(num_prompts=8, max_new_tokens=32)
-    steps = dict(cpu=800, quick=110, smoke=2)[name]
-    c.train.update(steps=steps, eval_every=200 if name == "cpu" else 0, eval_batches=2,
+    steps = dict(cpu=600, quick=110, smoke=2)[name]
+    c.train.update(steps=steps, eval_every=100 if name == "cpu" else 0, eval_batches=2,
                    checkpoint_every=50 if name != "smoke" else 2, log_every=10 if name != "smoke" else 1)
     c.optim.update(lr=1e-3, warmup_steps=min(20, max(steps // 10, 1)))
     if recipe == "regenerated":  # the target's own answers to the conversations' first turns
