@@ -134,7 +134,8 @@ def plot(records: list, first_set: str, results_dir: str) -> str:
   bx.set_xscale("log")
   bx.set_xlabel("training steps")
   bx.set_ylabel(f"first-position acceptance ({first_set}, T=0)")
-  bx.legend(fontsize=7)
+  if bx.lines:
+    bx.legend(fontsize=7)
   return save(fig)
 
 
