@@ -23,7 +23,8 @@ from specdistill_jax import cli, distributed, loading, sampling
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("target", None, "target model directory", required=True)
-flags.DEFINE_multi_string("draft", [], "draft model directory (repeat for routing)")
+flags.DEFINE_multi_string("draft", [], "draft model directory, or prompt_lookup[:max_ngram[:min_ngram]] "
+                          "(repeat for routing)")
 flags.DEFINE_string("prompts", None, "file with one prompt per line", required=True)
 flags.DEFINE_string("tokenizer", None, "tokenizer directory (default: the target directory)")
 flags.DEFINE_integer("gamma", 4, "draft tokens per round")
@@ -105,7 +106,7 @@ def main(argv):
   tokenizer = loading.load_tokenizer(tok_dir) if loading.has_tokenizer(tok_dir) else None
   prompts = read_prompts(FLAGS.prompts, tokenizer, FLAGS.chat)
   target = loading.load_model(FLAGS.target)
-  drafts = [loading.load_model(d) for d in FLAGS.draft]
+  drafts = [loading.load_draft(d, target) for d in FLAGS.draft]
   lenience = None
   if FLAGS.lenience:
     kind, _, eps = FLAGS.lenience.partition(":")

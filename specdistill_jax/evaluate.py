@@ -72,7 +72,7 @@ def step_seconds(model, batch: int, cache_size: int, steps: int = 32, repeats: i
   steps = max(1, min(steps, (cache_size - start) // tokens))
   graphdef, state = nnx.split(model)
   run = _step_program(graphdef, steps)
-  cache = models.init_cache(model.config, batch, cache_size).with_lengths(
+  cache = model.init_cache(batch, cache_size).with_lengths(
       jnp.full((batch,), start, jnp.int32))
   token = jnp.zeros((batch, tokens), jnp.int32)
   jax.block_until_ready(run(state, cache, token))

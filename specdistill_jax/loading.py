@@ -29,6 +29,26 @@ def load_model(path: str, dtype=jnp.float32, param_dtype=None, shardings=None):
                           "(config.json + model.safetensors) or an orbax model checkpoint")
 
 
+PROMPT_LOOKUP = "prompt_lookup"
+
+
+def load_draft(spec: str, target, dtype=jnp.float32):
+  """A draft for `target`: a model directory (`load_model`), or `prompt_lookup[:max_ngram[:min_ngram]]`
+  (n-gram drafting, no model; default 3:1), as the CLIs' --draft takes it."""
+  name, *sizes = os.fspath(spec).split(":")
+  if name != PROMPT_LOOKUP:
+    return load_model(spec, dtype=dtype)
+  from specdistill_jax import sampling
+  usage = f"use {PROMPT_LOOKUP}[:max_ngram[:min_ngram]], e.g. {PROMPT_LOOKUP}:3:1"
+  try:
+    ngrams = [int(x) for x in sizes]
+  except ValueError:
+    raise ValueError(f"--draft {spec!r}: {usage}") from None
+  if len(ngrams) > 2:
+    raise ValueError(f"--draft {spec!r}: {usage}")
+  return sampling.prompt_lookup(*ngrams).for_target(target)
+
+
 def has_tokenizer(path: str) -> bool:
   return any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
 

@@ -21,7 +21,8 @@ def parser() -> argparse.ArgumentParser:
   from specdistill_jax.models import import_gguf
   p = argparse.ArgumentParser(prog="python -m specdistill_jax.bench", description=__doc__.splitlines()[0])
   p.add_argument("--target", default=import_gguf.default_out_dir(), help="target model directory (with tokenizer)")
-  p.add_argument("--draft", required=True, help="draft model directory")
+  p.add_argument("--draft", required=True, help="draft model directory, or prompt_lookup[:max_ngram[:min_ngram]] (n-gram "
+                 "drafting, no model)")
   p.add_argument("--suite", default="mt_bench", help=f"comma-separated prompt sets: {', '.join(suites.SETS)}")
   p.add_argument("--gammas", default="1,2,3,4", help="chains: draft tokens per round")
   p.add_argument("--trees", default="", help="dynamic trees depth:top_k:num_nodes, comma-separated")

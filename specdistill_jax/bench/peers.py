@@ -32,27 +32,34 @@ def transformers_assisted(target, draft, prompts: Sequence[Sequence[int]], max_n
   except ImportError:
     return dict(system=system, tokens_per_second=None, note="skipped: torch is not installed (requirements-test.txt)")
   from specdistill_jax import models
+  from specdistill_jax.sampling.prompt_lookup import PromptLookup
   torch.set_num_threads(os.cpu_count() or 1)
-  with tempfile.TemporaryDirectory() as tmp:
-    models.save_hf(target, os.path.join(tmp, "t"))
-    models.save_hf(draft, os.path.join(tmp, "d"))
-    pt_t = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(tmp, "t")).eval()
-    try:
-      pt_d = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(tmp, "d")).eval()
-    except Exception as e:  # noqa: BLE001 - whatever transformers says about this draft's format
-      return dict(system=system, tokens_per_second=None,
-                  note=f"not applicable: transformers cannot load this draft as a causal LM "
-                       f"({type(e).__name__}: {str(e).splitlines()[0][:100]})")
   eos = list(target.config.eos_token_ids) or None
   kw = dict(do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos,
-            pad_token_id=target.config.pad_token_id, num_assistant_tokens=gamma,
-            num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0)
+            pad_token_id=target.config.pad_token_id)
+  lookup = isinstance(draft, PromptLookup)  # transformers' own prompt lookup decoding is the peer
+  with tempfile.TemporaryDirectory() as tmp:
+    models.save_hf(target, os.path.join(tmp, "t"))
+    pt_t = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(tmp, "t")).eval()
+    if lookup:
+      system = f"transformers prompt lookup decoding (PyTorch CPU), greedy, {gamma} tokens"
+      kw.update(prompt_lookup_num_tokens=gamma, max_matching_ngram_size=draft.config.max_ngram)
+    else:
+      models.save_hf(draft, os.path.join(tmp, "d"))
+      try:
+        kw["assistant_model"] = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(tmp, "d")).eval()
+      except Exception as e:  # noqa: BLE001 - whatever transformers says about this draft's format
+        return dict(system=system, tokens_per_second=None,
+                    note=f"not applicable: transformers cannot load this draft as a causal LM "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:100]})")
+      kw.update(num_assistant_tokens=gamma, num_assistant_tokens_schedule="constant",
+                assistant_confidence_threshold=0.0)
   same, tokens, wall = 0, 0, 0.0
   with torch.no_grad():
-    pt_t.generate(torch.tensor([list(prompts[0])]), assistant_model=pt_d, **kw)  # warm-up
+    pt_t.generate(torch.tensor([list(prompts[0])]), **kw)  # warm-up
     for p, mine in zip(prompts, our_greedy):
       t0 = time.perf_counter()
-      res = pt_t.generate(torch.tensor([list(p)]), assistant_model=pt_d, **kw)
+      res = pt_t.generate(torch.tensor([list(p)]), **kw)
       wall += time.perf_counter() - t0
       got = res[0, len(p):].tolist()
       tokens += len(got)

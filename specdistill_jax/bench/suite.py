@@ -130,7 +130,7 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
     raise FileNotFoundError(f"no tokenizer in the target directory {target_dir!r}: the benchmark encodes its "
                             "prompts with the target's chat template")
   target = loading.load_model(target_dir, dtype=jnp.dtype(dtype))
-  draft = loading.load_model(draft_dir, dtype=jnp.dtype(dtype))
+  draft = loading.load_draft(draft_dir, target, dtype=jnp.dtype(dtype))
   chat = ChatFormat(loading.load_tokenizer(target_dir))
   pair = pair or f"{os.path.basename(os.path.normpath(target_dir))}/{os.path.basename(os.path.normpath(draft_dir))}"
   results = []

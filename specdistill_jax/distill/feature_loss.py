@@ -20,7 +20,7 @@ and 'adaspec' (selective KD) with a reference feature draft unrolled alike.
 On-policy (objective.ttt_inputs = 'draft', Draft-OPD's idea): from every entry the
 draft proposes its own chain (step s >= 1 reads its sample from step s-1, as in a
 speculative round), the target is run over those proposals with the same
-block mask (`Transformer.with_proposals`, what a verification pass computes), and
+block mask (`proposal_teacher.target_over_proposals`, what a verification pass computes), and
 the loss is taken at every proposed position, accepted or not, against that
 target distribution. 'ce' and 'adaspec' are off-policy only.
 """
@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from specdistill_jax.distill import divergences as div
+from specdistill_jax.distill import proposal_teacher
 
 
 def step_weights(steps: int, decay: float) -> np.ndarray:
@@ -57,7 +58,7 @@ def feature_token_values(objective, graphdef, params, batch, target, reference=N
   """Per-(step, token) values [S * B * (T-1)] and their mask, like step.token_values.
 
   objective.ttt_inputs 'draft' (on-policy): steps >= 1 read the draft's own samples (`key`),
-  and their teacher is the target run over those proposals (`Transformer.with_proposals`).
+  and their teacher is the target run over those proposals (`proposal_teacher.target_over_proposals`).
   """
   draft = nnx.merge(graphdef, params)
   t_model = nnx.merge(*target)
@@ -73,7 +74,8 @@ def feature_token_values(objective, graphdef, params, batch, target, reference=N
                                           temperature=objective.ttt_temperature)  # [S, B, T-1, Vd]
   proposed = []
   if on_policy and steps > 1:
-    proposed = t_model.with_proposals(tokens, list(jax.lax.stop_gradient(inputs[1:])), segment_ids=seg)
+    proposed = proposal_teacher.target_over_proposals(t_model, tokens, list(jax.lax.stop_gradient(inputs[1:])),
+                                                        segment_ids=seg)
     proposed = [jax.lax.stop_gradient(h) for h in proposed]
   ref_logits = None
   if objective.loss == "adaspec":

@@ -59,6 +59,9 @@ class ModelConfig:
   pad_token_id: int = 0
   param_dtype: str = "float32"
   dtype: str = "float32"  # compute (activations, KV cache)
+  # run the layers as one lax.scan over their stacked parameters (compiles one layer, not
+  # num_layers copies; models/transformer.py); parameters and checkpoints are unchanged
+  scan_layers: bool = False
 
   def __post_init__(self):
     if self.architecture not in ARCHITECTURES:
@@ -66,6 +69,10 @@ class ModelConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}")
+    if self.scan_layers and self.sliding_window is not None and self.sliding_window_layers is not None:
+      raise ValueError(f"scan_layers=True needs one attention window for every layer, but sliding_window="
+                       f"{self.sliding_window} applies only to layers {self.sliding_window_layers}: "
+                       "use scan_layers=False for this model")
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"{name}={getattr(self, name)!r} is not one of {sorted(_DTYPES)}")
@@ -147,7 +154,7 @@ OVERRIDE_TYPES = {
     "mlp_dim": int, "head_dim": int, "architecture": str, "rope_theta": float, "rope_scaling": tuple,
     "rms_norm_eps": float, "qkv_bias": bool, "tie_embeddings": bool, "max_seq_len": int,
     "sliding_window": int, "sliding_window_layers": tuple, "bos_token_id": int,
-    "eos_token_ids": tuple, "pad_token_id": int, "param_dtype": str, "dtype": str,
+    "eos_token_ids": tuple, "pad_token_id": int, "param_dtype": str, "dtype": str, "scan_layers": bool,
 }
 
 

@@ -9,6 +9,8 @@ a model hub: paths are local, `local_files_only` is always set.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 from typing import Callable, Optional
@@ -232,7 +234,7 @@ def _open_tensors(path: str) -> Callable[[str], np.ndarray]:
   return get
 
 
-def load_hf(path: str, dtype=jnp.float32, param_dtype=None, shardings=None) -> Transformer:
+def load_hf(path: str, dtype=jnp.float32, param_dtype=None, shardings=None, scan_layers: bool = False) -> Transformer:
   """Load a local HF checkpoint directory as a `Transformer` (or a speculators eagle3
   directory as a `FeatureDraft`).
 
@@ -240,6 +242,7 @@ def load_hf(path: str, dtype=jnp.float32, param_dtype=None, shardings=None) -> T
   shardings: optional callable(abstract nnx.State) -> pure dict of shardings
   (e.g. `lambda s: sharding.param_shardings(s, mesh)`), so that a large model
   is placed on the mesh tensor by tensor as it loads.
+  scan_layers: run the layers as one lax.scan (ModelConfig.scan_layers; same parameters).
   """
   import transformers
 
@@ -257,7 +260,7 @@ def load_hf(path: str, dtype=jnp.float32, param_dtype=None, shardings=None) -> T
                                 f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
   dname = jnp.dtype(dtype).name
   pname = jnp.dtype(param_dtype).name if param_dtype is not None else dname
-  config = config_from_hf(hf_config, dname, pname, path)
+  config = dataclasses.replace(config_from_hf(hf_config, dname, pname, path), scan_layers=bool(scan_layers))
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
   target_shardings = shardings(abstract) if shardings is not None else None
   nnx.replace_by_pure_dict(abstract, read_tensors(path, _tensor_specs(config), pname, target_shardings))

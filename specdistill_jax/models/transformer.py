@@ -257,7 +257,8 @@ class Transformer(nnx.Module):
     if not c.tie_embeddings:
       self.lm_head = _param(rngs, (c.d_model, c.vocab_size), ("embed", "vocab"), c, c.d_model ** -0.5)
 
-  def _embed(self, tokens):
+  def embed_tokens(self, tokens):
+    """Token ids [B, T] -> input embeddings [B, T, D] in the compute dtype."""
     return jnp.take(self.embed[...], tokens, axis=0).astype(self.config.jnp_dtype)
 
   def project(self, h, vocab_ids=None):
@@ -287,15 +288,30 @@ class Transformer(nnx.Module):
     """
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    x = self._embed(tokens)
+    x = self.embed_tokens(tokens)
     taps = {}
-    for i, block in enumerate(self.layers):
-      taps[i] = x
-      x = block(x, positions, segment_ids)
+    if self.config.scan_layers:
+      x, inputs = self._scan(lambda block, x, _: (block(x, positions, segment_ids), x if feature_layers else None), x)
+      taps = {i: inputs[i] for i in range(self.config.num_layers)} if feature_layers else {}
+    else:
+      for i, block in enumerate(self.layers):
+        taps[i] = x
+        x = block(x, positions, segment_ids)
     h = self.final_norm(x)
     if not feature_layers:
       return h
     return h, self._features(taps, h, feature_layers)
+
+  def _scan(self, step, x, per_layer=None):
+    """lax.scan of step(block, x, per_layer[i]) -> (x, y_i) over the layers (config.scan_layers).
+
+    The blocks' parameters are stacked along a new leading axis inside the traced program
+    (inside a decode loop XLA hoists the stack out of the loop: the weights do not change);
+    XLA then compiles one layer instead of num_layers copies. Returns (x, stacked y).
+    """
+    graphdef = nnx.graphdef(self.layers[0])
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *[nnx.state(b) for b in self.layers])
+    return jax.lax.scan(lambda x, inp: step(nnx.merge(graphdef, inp[0]), x, inp[1]), x, (stacked, per_layer))
 
   def _features(self, taps: dict, final, feature_layers):
     check_feature_layers(feature_layers, self.config.num_layers)
@@ -304,42 +320,6 @@ class Transformer(nnx.Module):
   def __call__(self, tokens, *, positions=None, segment_ids=None):
     """Full-sequence forward. tokens [B,T] int; segment_ids [B,T] (0 = padding) -> logits [B,T,V]."""
     return self.project(self.hidden(tokens, positions=positions, segment_ids=segment_ids))
-
-  def with_proposals(self, tokens, blocks, *, segment_ids=None):
-    """The target over a sequence and blocks of a draft's proposals (on-policy training-time test).
-
-    tokens [B, T]; blocks: list of [B, T-1] token arrays. Block s (1-based) holds, per entry
-    i, a token at position i+1+s that sees the sequence up to position i+1 and blocks 1..s at
-    entry i: the continuation a draft proposed after x_0..x_{i+1}. Returns the final-normed
-    hidden states of each block [B, T-1, D] (`project` gives the target's next-token logits).
-    """
-    b, t = tokens.shape
-    n = t - 1
-    if segment_ids is None:
-      segment_ids = jnp.ones((b, t), jnp.int32)
-    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    seq_mask = kvc.sequence_attention_mask(positions, segment_ids)
-    c = self.config
-    empty = jnp.zeros((b, 0, c.num_kv_heads, c.head_dim), c.jnp_dtype)
-    x = self._embed(tokens)
-    kv = []
-    for block in self.layers:
-      x, k, v = block.unrolled(x, positions, empty, empty, seq_mask)
-      kv.append((k, v))
-    idx = jnp.arange(n)
-    seg_q = segment_ids[:, 1:]  # entry i continues x_{i+1}'s sequence
-    sees = (idx[None, :, None] + 1 >= jnp.arange(t)[None, None, :]) & (seg_q[:, :, None] == segment_ids[:, None, :])
-    diagonal = jnp.broadcast_to(jnp.eye(n, dtype=jnp.bool_), (b, n, n))
-    out = []
-    for s, block_tokens in enumerate(blocks, start=1):
-      mask = jnp.concatenate([sees] + [diagonal] * s, axis=2)
-      x = self._embed(block_tokens)
-      pos = jnp.broadcast_to(idx + 1 + s, (b, n))
-      for i, block in enumerate(self.layers):
-        x, k, v = block.unrolled(x, pos, *kv[i], mask)
-        kv[i] = (k, v)
-      out.append(self.final_norm(x))
-    return out
 
   def forward_cached(self, tokens, cache: kvc.KVCache, num_valid=None, *, positions=None, mask=None,
                      feature_layers=()):
@@ -359,13 +339,21 @@ class Transformer(nnx.Module):
       raise ValueError("tree attention masks do not support sliding-window attention "
                        f"(sliding_window={self.config.sliding_window}); decode with a chain (tree=None)")
     positions = slots if positions is None else positions
-    x = self._embed(tokens)
+    x = self.embed_tokens(tokens)
     keys, values, taps = [], [], {}
-    for i, (block, k, v) in enumerate(zip(self.layers, cache.keys, cache.values)):
-      taps[i] = x
-      x, k, v = block.cached(x, positions, k, v, slots, mask)
-      keys.append(k)
-      values.append(v)
+    if self.config.scan_layers:
+      def step(block, x, kv):
+        y, k, v = block.cached(x, positions, kv[0], kv[1], slots, mask)
+        return y, (k, v, x if feature_layers else None)
+      x, (ks, vs, inputs) = self._scan(step, x, (jnp.stack(cache.keys), jnp.stack(cache.values)))
+      keys, values = [ks[i] for i in range(len(ks))], [vs[i] for i in range(len(vs))]
+      taps = {i: inputs[i] for i in range(self.config.num_layers)} if feature_layers else {}
+    else:
+      for i, (block, k, v) in enumerate(zip(self.layers, cache.keys, cache.values)):
+        taps[i] = x
+        x, k, v = block.cached(x, positions, k, v, slots, mask)
+        keys.append(k)
+        values.append(v)
     new_cache = kvc.KVCache(tuple(keys), tuple(values), cache.lengths + num_valid.astype(jnp.int32))
     h = self.final_norm(x)
     if not feature_layers:

@@ -55,7 +55,7 @@ def prefill(draft, tokens, prefix, cache_size: int, features=None, layers: tuple
   target's at prompt positions (valid below prefix). Returns (cache, hidden [B, 1, D] or None).
   """
   b = tokens.shape[0]
-  cache = models.init_cache(draft.config, b, cache_size)
+  cache = draft.init_cache(b, cache_size)
   if not reads_features(draft):
     return draft.forward_cached(tokens, cache, prefix)[1], None
   h = draft.project_features(select(features, layers, draft.feature_layers))  # [B, P, D]
@@ -70,6 +70,13 @@ def feature_pending(draft, features, layers: tuple, index, width: int):
   (positions of the verification pass: the root, then the accepted nodes)."""
   f = jnp.take_along_axis(features, index[:, :width, None], axis=1)
   return draft.project_features(select(f, layers, draft.feature_layers))
+
+
+def for_target(draft, target):
+  """The draft as used with `target`: a drafter with no weights of its own (prompt lookup) binds
+  to the target's vocabulary here; a model is returned as is."""
+  bind = getattr(draft, "for_target", None)
+  return draft if bind is None else bind(target)
 
 
 def check_feature_draft(target, draft) -> Optional[str]:

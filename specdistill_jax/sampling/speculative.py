@@ -349,6 +349,7 @@ def run_speculative(target, drafts, prompts, max_new_tokens: int, gamma: int, te
                     lenience, rng, lengths, cache_size, score_fn=None, route_on_current=True, tree=None):
   """Engine behind `speculative_generate` and `routing.routed_speculative_generate`."""
   temperature = check_temperature(temperature)
+  drafts = [proposer.for_target(d, target) for d in drafts]
   if tree is not None:
     if not isinstance(tree, tree_lib.TreeSpec):
       raise ValueError(f"tree={tree!r} must be a sampling.TreeSpec(depth, top_k, num_nodes) or None (a chain)")

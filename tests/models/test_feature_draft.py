@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from specdistill_jax import models
+from specdistill_jax.distill import proposal_teacher
 from tests.sampling.helpers import tiny
 from tests.tolerances import fp32_atol
 
@@ -101,7 +102,7 @@ def test_target_over_proposal_blocks_equals_forwarding_each_proposed_continuatio
   rng = np.random.RandomState(4)
   tokens = jnp.asarray(rng.randint(0, 50, (1, 9)), jnp.int32)
   blocks = [jnp.asarray(rng.randint(0, 50, (1, 8)), jnp.int32) for _ in range(2)]
-  hidden = target.with_proposals(tokens, blocks)
+  hidden = proposal_teacher.target_over_proposals(target, tokens, blocks)
   for i in (0, 7):
     for s in (1, 2):
       seq = jnp.concatenate([tokens[:, :i + 2]] + [b[:, i:i + 1] for b in blocks[:s]], axis=1)

@@ -15,7 +15,7 @@ def test_first_layers_is_the_targets_early_exit():
   assert draft.config.num_layers == 2 and draft.config.vocab_size == 97
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 9), 0, 97)
   positions = jnp.broadcast_to(jnp.arange(9), tokens.shape)
-  x = target._embed(tokens)
+  x = target.embed_tokens(tokens)
   for block in list(target.layers)[:2]:
     x = block(x, positions)
   want = np.asarray(target.project(target.final_norm(x)))

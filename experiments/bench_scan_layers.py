@@ -1,0 +1,105 @@
+"""Compile time and step time of the real target with its layers unrolled vs as one lax.scan.
+
+    python experiments/bench_scan_layers.py [--model DIR] [--dtype bfloat16] [--out FILE]
+
+The same 30-layer SmolLM2-135M-Instruct parameters (converted by models.import_gguf),
+loaded twice (`load_hf(..., scan_layers=False / True)`). For each, in one run:
+* a decode step: `forward_cached` of 1 token (B=1, a 512-slot cache a quarter full);
+* a verification pass: `forward_cached` of 5 tokens;
+* a training step: value and gradient of the next-token loss on [1, 256] tokens;
+compile seconds (`jit(...).lower(...).compile()`) and the best step time of several,
+plus the largest difference of the logits between the two layouts.
+Writes --out (default experiments/results/scan_layers.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from specdistill_jax import models  # noqa: E402
+from specdistill_jax.models import import_gguf  # noqa: E402
+from studylib import best_seconds  # noqa: E402
+
+
+def programs(model, cache_size: int, train_len: int):
+  """(name, jitted fn, args) for the decode step, the verification pass and the training step."""
+  graphdef, state = nnx.split(model)
+
+  def cached(state, tokens, cache):
+    logits, cache = nnx.merge(graphdef, state).forward_cached(tokens, cache)
+    return logits, cache.lengths
+
+  def loss(state, tokens):
+    logits = nnx.merge(graphdef, state)(tokens[:, :-1])
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], -1))
+
+  cache = model.init_cache(1, cache_size).with_lengths(jnp.full((1,), cache_size // 4, jnp.int32))
+  rng = np.random.default_rng(0)
+  ids = lambda n: jnp.asarray(rng.integers(0, model.config.vocab_size, (1, n)), jnp.int32)
+  return [("decode step (1 token)", jax.jit(cached), (state, ids(1), cache)),
+          ("verification (5 tokens)", jax.jit(cached), (state, ids(5), cache)),
+          (f"training step ([1, {train_len}] tokens, value and grad)", jax.jit(jax.value_and_grad(loss)),
+           (state, ids(train_len + 1)))]
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--model", default=import_gguf.default_out_dir())
+  p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+  p.add_argument("--cache", type=int, default=512)
+  p.add_argument("--train_len", type=int, default=256)
+  p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "scan_layers.md"))
+  args = p.parse_args(argv)
+  if not os.path.exists(os.path.join(args.model, "config.json")):
+    import_gguf.import_gguf(args.model)
+  rows, outputs = {}, {}
+  for scan in (False, True):
+    model = models.load_hf(args.model, dtype=jnp.dtype(args.dtype), scan_layers=scan)
+    for name, fn, fargs in programs(model, args.cache, args.train_len):
+      t0 = time.perf_counter()
+      compiled = fn.lower(*fargs).compile()
+      compile_s = time.perf_counter() - t0
+      out = jax.block_until_ready(compiled(*fargs))
+      step = best_seconds(lambda: compiled(*fargs), repeats=5)
+      rows.setdefault(name, {})[scan] = (compile_s, step)
+      outputs.setdefault(name, []).append(np.asarray(jax.tree.leaves(out)[0], np.float32))
+      print(f"scan_layers={scan} {name}: compile {compile_s:.1f} s, step {step * 1e3:.1f} ms", flush=True)
+    del model
+  lines = []
+  for name, by in rows.items():
+    (cu, su), (cs, ss) = by[False], by[True]
+    diff = float(np.max(np.abs(outputs[name][0] - outputs[name][1])))
+    lines.append(f"| {name} | {cu:.1f} | {cs:.1f} | {su * 1e3:.1f} | {ss * 1e3:.1f} | {diff:.2g} |")
+  text = "\n".join([
+      "# Layers unrolled vs one lax.scan (ModelConfig.scan_layers) on the real target", "",
+      f"Command: `python experiments/bench_scan_layers.py --dtype {args.dtype} --cache {args.cache} "
+      f"--train_len {args.train_len}`", "",
+      f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} "
+      f"({jax.devices()[0].platform}). Model: {import_gguf.DEFAULT_NAME}, 30 layers, {args.dtype}, B=1, "
+      f"cache {args.cache} slots a quarter full. Compile = `jit(f).lower(...).compile()`; step = best of 5 "
+      "after compilation; max |diff| = the largest difference between the two layouts' first output "
+      "(logits, or the loss for the training step).", "",
+      "| program | compile s, unrolled | compile s, scan | step ms, unrolled | step ms, scan | max abs diff |",
+      "|---|---:|---:|---:|---:|---:|", *lines, ""])
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as fh:
+    fh.write(text)
+  print(text)
+
+
+if __name__ == "__main__":
+  main()
