@@ -305,9 +305,12 @@ class Transformer(nnx.Module):
   def _scan(self, step, x, per_layer=None):
     """lax.scan of step(block, x, per_layer[i]) -> (x, y_i) over the layers (config.scan_layers).
 
-    The blocks' parameters are stacked along a new leading axis inside the traced program
-    (inside a decode loop XLA hoists the stack out of the loop: the weights do not change);
-    XLA then compiles one layer instead of num_layers copies. Returns (x, stacked y).
+    The blocks' parameters are stacked along a new leading axis inside the traced program,
+    so the parameters and checkpoints stay per layer. XLA then compiles one layer instead of
+    num_layers copies. The stack is a copy of the weights: a standalone jitted step pays it
+    every call (200 ms for the real target on 2 CPU cores), a decode loop (`generate`,
+    `speculative_generate`: one while loop) once, as XLA hoists it out of the loop
+    (experiments/results/scan_layers.md). Returns (x, stacked y).
     """
     graphdef = nnx.graphdef(self.layers[0])
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *[nnx.state(b) for b in self.layers])
