@@ -33,7 +33,7 @@ from flax import nnx  # noqa: E402
 
 from specdistill_jax import models, sampling  # noqa: E402
 from specdistill_jax.models import import_gguf  # noqa: E402
-from studylib import best_seconds  # noqa: E402
+from studylib import best_seconds, write_text  # noqa: E402
 
 
 def programs(model, cache_size: int, train_len: int):
@@ -110,10 +110,7 @@ def main(argv=None):
       "the loop (first call = compile + one decode; steady = best of 3).", "",
       "| program | compile s, unrolled | compile s, scan | step ms, unrolled | step ms, scan | max abs diff |",
       "|---|---:|---:|---:|---:|---:|", *lines, ""])
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as fh:
-    fh.write(text)
-  print(text)
+  write_text(args.out, text)
 
 
 if __name__ == "__main__":
