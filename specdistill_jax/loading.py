@@ -39,14 +39,9 @@ def load_draft(spec: str, target, dtype=jnp.float32):
   if name != PROMPT_LOOKUP:
     return load_model(spec, dtype=dtype)
   from specdistill_jax import sampling
-  usage = f"use {PROMPT_LOOKUP}[:max_ngram[:min_ngram]], e.g. {PROMPT_LOOKUP}:3:1"
-  try:
-    ngrams = [int(x) for x in sizes]
-  except ValueError:
-    raise ValueError(f"--draft {spec!r}: {usage}") from None
-  if len(ngrams) > 2:
-    raise ValueError(f"--draft {spec!r}: {usage}")
-  return sampling.prompt_lookup(*ngrams).for_target(target)
+  if len(sizes) > 2 or not all(x.isdigit() for x in sizes):
+    raise ValueError(f"--draft {spec!r}: use {PROMPT_LOOKUP}[:max_ngram[:min_ngram]], e.g. {PROMPT_LOOKUP}:3:1")
+  return sampling.prompt_lookup(*map(int, sizes)).for_target(target)
 
 
 def has_tokenizer(path: str) -> bool:

@@ -291,8 +291,8 @@ class Transformer(nnx.Module):
     x = self.embed_tokens(tokens)
     taps = {}
     if self.config.scan_layers:
-      x, inputs = self._scan(lambda block, x, _: (block(x, positions, segment_ids), x if feature_layers else None), x)
-      taps = {i: inputs[i] for i in range(self.config.num_layers)} if feature_layers else {}
+      x, _, taps = self._scan(lambda block, x, _: (block(x, positions, segment_ids), None), x,
+                              keep_inputs=bool(feature_layers))
     else:
       for i, block in enumerate(self.layers):
         taps[i] = x
@@ -302,7 +302,7 @@ class Transformer(nnx.Module):
       return h
     return h, self._features(taps, h, feature_layers)
 
-  def _scan(self, step, x, per_layer=None):
+  def _scan(self, step, x, per_layer=None, keep_inputs: bool = False):
     """lax.scan of step(block, x, per_layer[i]) -> (x, y_i) over the layers (config.scan_layers).
 
     The blocks' parameters are stacked along a new leading axis inside the traced program,
@@ -310,11 +310,18 @@ class Transformer(nnx.Module):
     num_layers copies. The stack is a copy of the weights: a standalone jitted step pays it
     every call (200 ms for the real target on 2 CPU cores), a decode loop (`generate`,
     `speculative_generate`: one while loop) once, as XLA hoists it out of the loop
-    (experiments/results/scan_layers.md). Returns (x, stacked y).
+    (experiments/results/scan_layers.md). Returns (x, stacked y, taps): taps[i] is layer i's
+    input when keep_inputs (the features a feature draft reads), else {}.
     """
     graphdef = nnx.graphdef(self.layers[0])
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *[nnx.state(b) for b in self.layers])
-    return jax.lax.scan(lambda x, inp: step(nnx.merge(graphdef, inp[0]), x, inp[1]), x, (stacked, per_layer))
+
+    def body(x, inp):
+      y, out = step(nnx.merge(graphdef, inp[0]), x, inp[1])
+      return y, (out, x if keep_inputs else None)
+
+    x, (outs, inputs) = jax.lax.scan(body, x, (stacked, per_layer))
+    return x, outs, ({i: inputs[i] for i in range(len(self.layers))} if keep_inputs else {})
 
   def _features(self, taps: dict, final, feature_layers):
     check_feature_layers(feature_layers, self.config.num_layers)
@@ -347,10 +354,10 @@ class Transformer(nnx.Module):
     if self.config.scan_layers:
       def step(block, x, kv):
         y, k, v = block.cached(x, positions, kv[0], kv[1], slots, mask)
-        return y, (k, v, x if feature_layers else None)
-      x, (ks, vs, inputs) = self._scan(step, x, (jnp.stack(cache.keys), jnp.stack(cache.values)))
-      keys, values = [ks[i] for i in range(len(ks))], [vs[i] for i in range(len(vs))]
-      taps = {i: inputs[i] for i in range(self.config.num_layers)} if feature_layers else {}
+        return y, (k, v)
+      x, (ks, vs), taps = self._scan(step, x, (jnp.stack(cache.keys), jnp.stack(cache.values)),
+                                     keep_inputs=bool(feature_layers))
+      keys, values = list(ks), list(vs)
     else:
       for i, (block, k, v) in enumerate(zip(self.layers, cache.keys, cache.values)):
         taps[i] = x
