@@ -2,6 +2,7 @@
 
 from flax import nnx
 
+from specdistill_jax.models.block_draft import BlockDraft, create_block_draft
 from specdistill_jax.models.feature_draft import FeatureDraft, create_feature_draft, select_draft_vocab
 from specdistill_jax.models.config import ModelConfig, RopeScaling, preset, preset_names
 from specdistill_jax.models.hf import CheckpointFormatError, config_from_hf, config_to_hf, load_hf, save_hf
@@ -17,4 +18,5 @@ def create(config: ModelConfig, seed: int = 0) -> Transformer:
 
 __all__ = ["ModelConfig", "RopeScaling", "preset", "preset_names", "Transformer", "KVCache",
            "init_cache", "load_hf", "save_hf", "config_from_hf", "config_to_hf", "create",
-           "CheckpointFormatError", "first_layers", "FeatureDraft", "create_feature_draft", "select_draft_vocab"]
+           "CheckpointFormatError", "first_layers", "FeatureDraft", "create_feature_draft", "select_draft_vocab",
+           "BlockDraft", "create_block_draft"]

@@ -40,15 +40,16 @@ from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from specdistill_jax.models import kv_cache as kvc
 from specdistill_jax.models.config import ModelConfig
+from specdistill_jax.models.draft_vocab import (DraftVocab, check_draft_ids, draft_ids_for, select_draft_vocab,
+                                                start_from_target)
 from specdistill_jax.models.transformer import (MLP, Attention, Block, RMSNorm, _mm, _param,
                                                 check_feature_layers)
 
-_NEG = -1e30  # logit of a target token outside the draft vocabulary (q = 0)
+__all__ = ["FeatureDraft", "create_feature_draft", "default_feature_layers", "select_draft_vocab"]
 
 
 def default_feature_layers(num_layers: int) -> tuple[int, ...]:
@@ -56,18 +57,6 @@ def default_feature_layers(num_layers: int) -> tuple[int, ...]:
   if num_layers >= 6:
     return (2, num_layers // 2, num_layers - 3)
   return tuple(sorted({0, num_layers // 2, num_layers}))
-
-
-def select_draft_vocab(token_counts, size: int, always: Sequence[int] = ()) -> tuple[int, ...]:
-  """The `size` most frequent token ids (ties: lower id first), always including `always`; sorted."""
-  counts = np.asarray(token_counts, np.float64)
-  vocab = counts.shape[0]
-  if int(size) != size or not 1 <= size <= vocab:
-    raise ValueError(f"draft_vocab_size={size} must be an integer in [1, {vocab}] (the target vocabulary)")
-  forced = [int(t) for t in always if 0 <= int(t) < vocab]
-  order = np.lexsort((np.arange(vocab), -counts))
-  chosen = list(dict.fromkeys(forced + [int(t) for t in order]))[: max(size, len(forced))]
-  return tuple(sorted(chosen))
 
 
 class FirstLayer(nnx.Module):
@@ -103,7 +92,7 @@ class FirstLayer(nnx.Module):
     return self._finish(residual, h), keys, values
 
 
-class FeatureDraft(nnx.Module):
+class FeatureDraft(DraftVocab, nnx.Module):
   """An EAGLE-3 draft head. `config` describes its decoder layers (vocab_size = the target's)."""
 
   reads_target_features = True
@@ -116,11 +105,8 @@ class FeatureDraft(nnx.Module):
     self.config = c
     self.feature_layers = tuple(int(l) for l in feature_layers)
     self.target_layers = int(target_layers)
-    self.draft_ids = None if draft_ids is None else tuple(int(t) for t in draft_ids)
+    self.draft_ids = check_draft_ids(draft_ids, c.vocab_size)
     self.norm_before_residual = bool(norm_before_residual)
-    if self.draft_ids is not None and (min(self.draft_ids) < 0 or max(self.draft_ids) >= c.vocab_size
-                                       or len(set(self.draft_ids)) != len(self.draft_ids)):
-      raise ValueError(f"draft_ids must be distinct target token ids in [0, {c.vocab_size})")
     f = len(self.feature_layers) * c.d_model
     self.frozen_embed = _param(rngs, (c.vocab_size, c.d_model), ("vocab", "embed"), c, 1.0)
     self.fc = _param(rngs, (f, c.d_model), ("mlp", "embed"), c, f ** -0.5)
@@ -128,10 +114,6 @@ class FeatureDraft(nnx.Module):
                            + [Block(c, i, rngs=rngs) for i in range(1, c.num_layers)])
     self.final_norm = RMSNorm(c, rngs=rngs)
     self.lm_head = _param(rngs, (c.d_model, self.draft_vocab_size), ("embed", "vocab"), c, c.d_model ** -0.5)
-
-  @property
-  def draft_vocab_size(self) -> int:
-    return self.config.vocab_size if self.draft_ids is None else len(self.draft_ids)
 
   @property
   def feature_dim(self) -> int:
@@ -145,30 +127,8 @@ class FeatureDraft(nnx.Module):
     """Layer outputs [B, T, D] -> fp32 logits over the draft vocabulary [B, T, draft_vocab_size]."""
     return _mm("btd,dv->btv", self.final_norm(states), self.lm_head[...], self.config.jnp_dtype, jnp.float32)
 
-  def to_target_vocab(self, logits):
-    """Draft-vocabulary logits [..., Vd] -> target-vocabulary logits [..., V] (-1e30 outside)."""
-    if self.draft_ids is None:
-      return logits
-    full = jnp.full(logits.shape[:-1] + (self.config.vocab_size,), _NEG, logits.dtype)
-    return full.at[..., np.asarray(self.draft_ids)].set(logits)
-
-  def to_draft_ids(self, tokens):
-    """Target token ids -> draft-vocabulary ids (-1 where the draft vocabulary lacks the token)."""
-    if self.draft_ids is None:
-      return tokens
-    t2d = np.full((self.config.vocab_size,), -1, np.int32)
-    t2d[np.asarray(self.draft_ids)] = np.arange(len(self.draft_ids), dtype=np.int32)
-    return jnp.asarray(t2d)[tokens]
-
-  def to_target_ids(self, draft_tokens):
-    """Draft-vocabulary ids -> target token ids."""
-    if self.draft_ids is None:
-      return draft_tokens.astype(jnp.int32)
-    return jnp.asarray(np.asarray(self.draft_ids, np.int32))[draft_tokens]
-
   def _inputs(self, tokens, hidden):
-    embeds = jnp.take(self.frozen_embed[...], tokens, axis=0).astype(self.config.jnp_dtype)
-    return jnp.concatenate([embeds, hidden.astype(self.config.jnp_dtype)], -1)
+    return jnp.concatenate([self.frozen_embeddings(tokens), hidden.astype(self.config.jnp_dtype)], -1)
 
   def forward_cached(self, tokens, cache: kvc.KVCache, num_valid=None, *, hidden, positions=None, mask=None):
     """Feed tokens [B, T] with their hidden inputs [B, T, D] (projected target features or draft
@@ -275,23 +235,9 @@ def create_feature_draft(target_config: ModelConfig, *, num_layers: int = 1,
   check_feature_layers(feature_layers, tc.num_layers)
   config = tc.replace(num_layers=int(num_layers), dtype=dtype or tc.dtype, param_dtype=param_dtype or tc.param_dtype,
                       tie_embeddings=False, sliding_window=None, sliding_window_layers=None)
-  draft_ids = None
-  if draft_vocab_size is not None and draft_vocab_size != tc.vocab_size:
-    counts = token_counts if token_counts is not None else np.arange(tc.vocab_size, 0, -1)
-    if np.asarray(counts).shape != (tc.vocab_size,):
-      raise ValueError(f"token_counts has shape {np.asarray(counts).shape}; expected ({tc.vocab_size},), "
-                       "one count per target token id")
-    draft_ids = select_draft_vocab(counts, draft_vocab_size, tc.eos_token_ids)
+  draft_ids = draft_ids_for(tc, draft_vocab_size, token_counts)
   draft = FeatureDraft(config, feature_layers=feature_layers, target_layers=tc.num_layers, draft_ids=draft_ids,
                        norm_before_residual=norm_before_residual, rngs=nnx.Rngs(seed))
   if target is not None:
-    if target.config.vocab_size != tc.vocab_size or target.config.d_model != tc.d_model:
-      raise ValueError("target does not match target_config (vocab_size / d_model)")
-    draft.frozen_embed.value = jnp.array(target.embed[...], config.jnp_param_dtype, copy=True)
-    if head_from_target:
-      head = target.embed[...].T if target.config.tie_embeddings else target.lm_head[...]  # [D, V]
-      if draft_ids is not None:
-        head = jnp.take(head, jnp.asarray(np.asarray(draft_ids, np.int32)), axis=1)
-      draft.lm_head.value = jnp.array(head, config.jnp_param_dtype, copy=True)
-      draft.final_norm.weight.value = jnp.array(target.final_norm.weight[...], config.jnp_param_dtype, copy=True)
+    start_from_target(draft, target, tc, "lm_head" if head_from_target else None)
   return draft

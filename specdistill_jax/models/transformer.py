@@ -50,9 +50,10 @@ def _param(rngs: nnx.Rngs, shape, axes, config: ModelConfig, scale: Optional[flo
 class RMSNorm(nnx.Module):
   """y = x / rms(x) * weight, computed in fp32."""
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dim: Optional[int] = None):
+    """dim: the normalised width (default d_model; a per-head q/k norm uses head_dim)."""
     self.eps = config.rms_norm_eps
-    self.weight = _param(rngs, (config.d_model,), ("norm",), config, ones=True)
+    self.weight = _param(rngs, (dim or config.d_model,), ("norm",), config, ones=True)
 
   def __call__(self, x):
     xf = x.astype(jnp.float32)

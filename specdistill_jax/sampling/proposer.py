@@ -1,14 +1,17 @@
-"""The two kinds of drafter behind one interface: token drafts and feature drafts.
+"""Every kind of drafter behind one interface: prefill, propose, and re-feed after verification.
 
-A token draft (`models.Transformer`) reads only tokens. A feature draft
-(`models.FeatureDraft`, EAGLE-3) also reads a hidden input per token: the
-target's features for tokens the target has verified, its own output state
-for tokens it proposes. The loops in speculative.py and tree.py call `feed`
-for both and carry `hidden` (None for a token draft) next to the tokens:
+A token draft (`models.Transformer`, `sampling.prompt_lookup`) reads only tokens. A
+feature draft (`models.FeatureDraft`, EAGLE-3; `models.BlockDraft`, DFlash) also
+reads a hidden input per token: the target's features for tokens the target has
+verified (an EAGLE-3 head: its own output state for tokens it proposes). The loops
+in speculative.py and tree.py call `propose` / `feed` for every kind and carry
+`hidden` (None for a token draft) next to the tokens:
 
 * prefill (`prefill`): the draft reads the prompt; a feature draft pairs each
   prompt token with the target feature of the position before it;
-* proposing: `feed` returns the states that the next proposed tokens read;
+* proposing (`propose`): gamma tokens and their q, one cached step per token
+  (`feed` returns the states that the next proposed tokens read), or one pass for
+  a drafter that drafts a whole block at once (it has `draft_block`);
 * after verification (`feature_pending`): a feature draft keeps none of this
   round's entries (they read draft states, not target features) and re-feeds
   the realised tokens with the target features of the verification pass.
@@ -18,9 +21,14 @@ from __future__ import annotations
 
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 
 from specdistill_jax import models
+from specdistill_jax.sampling import distributions as dist
+from specdistill_jax.sampling.autoregressive import last_valid
+
+DEFAULT_GAMMA = 4
 
 
 def reads_features(model) -> bool:
@@ -46,6 +54,57 @@ def feed(model, tokens, cache, num_valid=None, *, hidden=None, positions=None, m
     return model.forward_cached(tokens, cache, num_valid, hidden=hidden, positions=positions, mask=mask)
   logits, cache = model.forward_cached(tokens, cache, num_valid, positions=positions, mask=mask)
   return logits, cache, None
+
+
+def propose(model, cache, pending, n_pending, hidden, key, gamma: int, greedy: bool, temperature):
+  """Feed the pending tokens, then draft gamma tokens. -> (tokens [B, G], logits [B, G, V], cache)."""
+  if hasattr(model, "draft_block"):  # all gamma distributions from one pass, independent draws
+    _, cache, _ = feed(model, pending, cache, n_pending, hidden=hidden)
+    logits = model.draft_block(last_valid(pending[..., None], n_pending)[:, 0], cache)[:, :gamma]
+    return dist.sample(key, logits, greedy, temperature), logits, cache
+  logits, cache, states = feed(model, pending, cache, n_pending, hidden=hidden)
+  first = last_valid(logits, n_pending)
+  state = None if states is None else last_valid(states, n_pending)[:, None]
+  keys = jax.random.split(key, gamma)
+
+  def step(carry, k):
+    cache, logits, state = carry
+    tok = dist.sample(k, logits, greedy, temperature)
+    nxt, cache, out = feed(model, tok[:, None], cache, hidden=state)
+    return (cache, nxt[:, 0], out), (tok, logits)
+
+  (cache, last, _), (toks, seen) = jax.lax.scan(step, (cache, first, state), keys[: gamma - 1])
+  tok_last = dist.sample(keys[-1], last, greedy, temperature)
+  tokens = jnp.concatenate([toks.T, tok_last[:, None]], axis=1)
+  logits = jnp.concatenate([jnp.moveaxis(seen, 0, 1), last[:, None]], axis=1)
+  return tokens, logits, cache
+
+
+def passes_per_round(draft, gamma: int) -> int:
+  """Draft forwards per chain round: 1 for a block drafter, else gamma."""
+  return 1 if hasattr(draft, "draft_block") else int(gamma)
+
+
+def default_gamma(draft) -> int:
+  """The draft's own chain length (a block drafter: block_size - 1), else DEFAULT_GAMMA."""
+  return int(getattr(draft, "default_gamma", DEFAULT_GAMMA))
+
+
+def check_gamma(draft, gamma: int) -> Optional[str]:
+  """A message if the draft cannot draft gamma tokens per round (a block drafter: block_size - 1)."""
+  most = getattr(draft, "default_gamma", None) if hasattr(draft, "draft_block") else None
+  if most is not None and gamma > most:
+    return (f"gamma={gamma} exceeds what this block drafter drafts in one pass (block_size - 1 = {most}); "
+            f"pass gamma <= {most} or build the draft with a larger block_size")
+  return None
+
+
+def check_tree(draft) -> Optional[str]:
+  """A message if the draft cannot grow a draft tree."""
+  if hasattr(draft, "draft_block"):
+    return ("a block drafter drafts chains only: its block's distributions are per position, not per "
+            "tree node; decode it with tree=None (a chain of gamma <= block_size - 1 drafts)")
+  return None
 
 
 def prefill(draft, tokens, prefix, cache_size: int, features=None, layers: tuple = ()):

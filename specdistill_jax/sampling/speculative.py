@@ -42,7 +42,6 @@ from specdistill_jax.sampling import distributions as dist
 from specdistill_jax.sampling import placement
 from specdistill_jax.sampling import proposer
 from specdistill_jax.sampling import tree as tree_lib
-from specdistill_jax.sampling.autoregressive import last_valid
 from specdistill_jax.sampling.checks import as_key, check_temperature
 from specdistill_jax.sampling.compiled import CompiledProgram
 from specdistill_jax.sampling.prompts import check_cache, pad_prompts, unpad
@@ -77,26 +76,6 @@ class _State:
   rng: jax.Array
   prev_scores: jax.Array  # [B, K] routing scores of the previous round
   counters: _Counters
-
-
-def _propose(model, cache, pending, n_pending, hidden, key, gamma, greedy, temperature):
-  """Feed pending tokens, then draft gamma tokens. -> (tokens [B,G], logits [B,G,V], cache)."""
-  logits, cache, states = proposer.feed(model, pending, cache, n_pending, hidden=hidden)
-  first = last_valid(logits, n_pending)
-  state = None if states is None else last_valid(states, n_pending)[:, None]
-  keys = jax.random.split(key, gamma)
-
-  def step(carry, k):
-    cache, logits, state = carry
-    tok = dist.sample(k, logits, greedy, temperature)
-    nxt, cache, out = proposer.feed(model, tok[:, None], cache, hidden=state)
-    return (cache, nxt[:, 0], out), (tok, logits)
-
-  (cache, last, _), (toks, seen) = jax.lax.scan(step, (cache, first, state), keys[: gamma - 1])
-  tok_last = dist.sample(keys[-1], last, greedy, temperature)
-  tokens = jnp.concatenate([toks.T, tok_last[:, None]], axis=1)
-  logits = jnp.concatenate([jnp.moveaxis(seen, 0, 1), last[:, None]], axis=1)
-  return tokens, logits, cache
 
 
 def _pick(stacked: jax.Array, choice: jax.Array) -> jax.Array:
@@ -145,7 +124,7 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
     def chain_round(s, k_draft, k_accept):
       """gamma drafts from one drafter (routed per row among several); verified as a chain."""
       with jax.named_scope("draft_propose"):
-        props = [_propose(d, c, p, n, h, k, gamma, greedy, temperature) for d, c, p, n, h, k in zip(
+        props = [proposer.propose(d, c, p, n, h, k, gamma, greedy, temperature) for d, c, p, n, h, k in zip(
             drafts, s.draft_caches, s.pending, s.n_pending, s.pending_hidden,
             jax.random.split(k_draft, num_drafts))]
       all_tokens = jnp.stack([p[0] for p in props])  # [K, B, G]
@@ -296,7 +275,8 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
 
 
 def _summarise(c: _Counters, gamma: int, wall: float, compile_s: float, num_drafts: int,
-               spec: Optional[tree_lib.TreeSpec]) -> dict:
+               spec: Optional[tree_lib.TreeSpec], draft_passes: int) -> dict:
+  """draft_passes: draft forwards per round, summed over the drafters."""
   c = jax.tree.map(lambda x: placement.to_host(x)[0], c)  # per-row counters may span hosts
   tested, accepted = int(c.tested.sum()), int(c.accepted.sum())
   tokens, row_rounds = int(c.emitted.sum()), int(c.active_rounds.sum())
@@ -310,7 +290,7 @@ def _summarise(c: _Counters, gamma: int, wall: float, compile_s: float, num_draf
       "tested": tested,
       "rounds": rounds,
       "target_calls": rounds,
-      "draft_calls": rounds * gamma * num_drafts,
+      "draft_calls": rounds * draft_passes,
       "prefill_calls": 1 + num_drafts,
       "accepted_per_round": c.histogram.tolist(),
       "position_acceptance": (c.pos_accepted / np.maximum(c.pos_tested, 1)).tolist(),
@@ -336,6 +316,9 @@ def _summarise(c: _Counters, gamma: int, wall: float, compile_s: float, num_draf
 def check_pair(target, draft, gamma: int) -> None:
   if int(gamma) != gamma or gamma < 1:
     raise ValueError(f"gamma={gamma} must be an integer >= 1 (draft tokens per round)")
+  problem = proposer.check_gamma(draft, gamma)
+  if problem:
+    raise ValueError(problem)
   tv, dv = target.config.vocab_size, draft.config.vocab_size
   if tv != dv:
     raise ValueError(f"draft vocab_size={dv} != target vocab_size={tv}: speculative decoding needs "
@@ -358,6 +341,12 @@ def run_speculative(target, drafts, prompts, max_new_tokens: int, gamma: int, te
     if tree.top_k > target.config.vocab_size:
       raise ValueError(f"TreeSpec.top_k={tree.top_k} exceeds the vocabulary ({target.config.vocab_size} tokens)")
     gamma = tree.depth
+    for d in drafts:
+      problem = proposer.check_tree(d)
+      if problem:
+        raise ValueError(problem)
+  if gamma is None:
+    gamma = min(proposer.default_gamma(d) for d in drafts)
   for d in drafts:
     check_pair(target, d, gamma)
   len_ = acceptance.check_lenience(lenience, temperature)
@@ -380,17 +369,19 @@ def run_speculative(target, drafts, prompts, max_new_tokens: int, gamma: int, te
   jax.block_until_ready(out)
   wall = time.perf_counter() - t0 - compile_s
   out, n_out = placement.to_host(out, n_out)
-  stats = _summarise(counters, int(gamma), wall, compile_s, len(drafts), tree)
+  passes = sum(proposer.passes_per_round(d, int(gamma)) for d in drafts)
+  stats = _summarise(counters, int(gamma), wall, compile_s, len(drafts), tree, passes)
   stats["temperature"] = temperature
   return unpad(out, n_out), stats
 
 
-def speculative_generate(target, draft, prompts, max_new_tokens: int, gamma: int = 4,
+def speculative_generate(target, draft, prompts, max_new_tokens: int, gamma: Optional[int] = None,
                          temperature: float = 0.0, lenience=None, rng=None, lengths=None,
                          cache_size: Optional[int] = None, tree: Optional[tree_lib.TreeSpec] = None):
   """Decode `prompts` with `target`, drafting gamma tokens per round with `draft`.
 
   prompts: list of token-id lists (ragged) or a padded [B, P] array with `lengths`.
+  gamma: drafts per round; None: the draft's default (4; a block drafter's block_size - 1).
   temperature 0: greedy (output == greedy target decoding); > 0: exact sampling.
   lenience: None (lossless) or (kind, eps), kind in {'lin', 'sq', 'exp'}, eps in (0, 1].
   tree: None (a chain of gamma drafts) or a `TreeSpec`: a dynamic draft tree verified in one
