@@ -98,17 +98,23 @@ def model_overrides(**values) -> ml_collections.ConfigDict:
 
 
 def feature(num_layers: int = 1, feature_layers: tuple = (), draft_vocab_size: int = 0,
-            vocab_batches: int = 32, verifier: str = "", head_from_target: bool = True) -> ml_collections.ConfigDict:
-  """An EAGLE-3 feature draft (models.create_feature_draft) for a spec with kind='feature'.
+            vocab_batches: int = 32, verifier: str = "", head_from_target: bool = True,
+            block_size: int = 8, mask_token_id: int = -1) -> ml_collections.ConfigDict:
+  """A draft that reads target features: an EAGLE-3 head (models.create_feature_draft) for a spec
+  with kind='feature', a DFlash block drafter (models.create_block_draft) for kind='block'.
 
   feature_layers: target layer ids (() = EAGLE-3's low/middle/high); draft_vocab_size: 0 = the
   full vocabulary, else the most frequent tokens of the first `vocab_batches` training batches;
   verifier: the target's name written into the speculators export (default: its hf_path);
-  head_from_target: start the LM head (draft vocabulary rows) and final norm from the target's.
+  head_from_target: start the LM head (draft vocabulary rows) and final norm from the target's
+  (a block drafter always does: its head stays the target's);
+  block_size / mask_token_id (kind='block'): tokens per block (the anchor and block_size - 1
+  drafts), the id at the drafted slots (-1: the target's pad id).
   """
   return ml_collections.ConfigDict(dict(num_layers=num_layers, feature_layers=tuple(feature_layers),
                                         draft_vocab_size=draft_vocab_size, vocab_batches=vocab_batches,
-                                        verifier=verifier, head_from_target=head_from_target))
+                                        verifier=verifier, head_from_target=head_from_target,
+                                        block_size=block_size, mask_token_id=mask_token_id))
 
 
 def model(preset: str = "", hf_path: str = "", checkpoint: str = "", dtype: str = "float32",
@@ -124,7 +130,8 @@ def model(preset: str = "", hf_path: str = "", checkpoint: str = "", dtype: str 
   dtype is the compute dtype (bfloat16 = mixed precision: bf16 matmuls with fp32
   accumulation); param_dtype the storage dtype of the parameters.
   kind='feature' (drafts only): an EAGLE-3 draft that reads the target's hidden states,
-  described by the `feature` fields (hf_path may then name a speculators eagle3 export).
+  described by the `feature` fields (hf_path may then name a speculators eagle3 export);
+  kind='block': a DFlash block drafter, likewise (hf_path: a speculators dflash export).
   """
   return ml_collections.ConfigDict(dict(
       preset=preset, hf_path=hf_path, checkpoint=checkpoint, dtype=dtype, param_dtype=param_dtype,
@@ -187,6 +194,8 @@ def train_config() -> ml_collections.ConfigDict:
       ttt_decay=1.0,  # feature drafts: weight of unrolled step s is ttt_decay**s (normalised)
       ttt_inputs="data",  # feature drafts: 'data' (teacher forcing) or 'draft' (on-policy, Draft-OPD)
       ttt_temperature=1.0,  # feature drafts, on-policy: sampling temperature of the proposals
+      num_anchors=0,  # block drafts: blocks per training row (0: max_len // block_size)
+      block_decay=4.0,  # block drafts: drafted slot i weighs exp(-i / block_decay) (normalised)
   ))
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-3, warmup_steps=50, weight_decay=0.01, clip_norm=1.0, b1=0.9, b2=0.95,

@@ -45,14 +45,22 @@ class Components:
 
 def spec_is_set(spec) -> bool:
   return bool(spec.hf_path or spec.checkpoint or spec.preset or spec.get("target_layers", 0)
-              or spec.get("kind", "token") == "feature")
+              or draft_kind(spec) != "token")
+
+
+KINDS = {"token": "a small LM", "feature": "an EAGLE-3 head", "block": "a DFlash block drafter"}
+
+
+def draft_kind(spec) -> str:
+  kind = spec.get("kind", "token") or "token"
+  if kind not in KINDS:
+    raise ValueError(f"draft.kind={kind!r} must be one of " + ", ".join(f"'{k}' ({v})" for k, v in KINDS.items()))
+  return kind
 
 
 def is_feature(spec) -> bool:
-  kind = spec.get("kind", "token") or "token"
-  if kind not in ("token", "feature"):
-    raise ValueError(f"draft.kind={kind!r} must be 'token' (a small LM) or 'feature' (EAGLE-3 head)")
-  return kind == "feature"
+  """Whether the draft reads the target's features (an EAGLE-3 head or a block drafter)."""
+  return draft_kind(spec) != "token"
 
 
 def token_counts(source: src.Source, vocab: int, batches: int) -> np.ndarray:
@@ -64,18 +72,32 @@ def token_counts(source: src.Source, vocab: int, batches: int) -> np.ndarray:
   return counts
 
 
+_CLASSES = {"feature": (models.FeatureDraft, "eagle3"), "block": (models.BlockDraft, "dflash")}
+
+
 def build_feature_draft(spec, target, source: src.Source, what: str = "draft"):
-  """An EAGLE-3 draft for `target`: loaded from spec.hf_path (speculators eagle3), or new."""
+  """An EAGLE-3 head or a block drafter for `target`: loaded from spec.hf_path (its speculators
+  export), or new."""
+  kind = draft_kind(spec)
   if target is None:
-    raise ValueError(f"{what}.kind='feature' reads the target's hidden states: set config.target")
+    raise ValueError(f"{what}.kind={kind!r} reads the target's hidden states: set config.target")
+  cls, fmt = _CLASSES[kind]
   if spec.hf_path:
     draft = loading.load_model(spec.hf_path, dtype=spec.dtype, param_dtype=spec.param_dtype)
-    if not getattr(draft, "reads_target_features", False):
-      raise ValueError(f"{what}.hf_path={spec.hf_path!r} holds a token draft, not an eagle3 feature draft")
+    if not isinstance(draft, cls):
+      raise ValueError(f"{what}.hf_path={spec.hf_path!r} is not a speculators {fmt} export, which "
+                       f"{what}.kind={kind!r} needs")
     return draft
   f = spec.feature
   size = int(f.draft_vocab_size) or None
   counts = token_counts(source, target.config.vocab_size, f.vocab_batches) if size else None
+  if kind == "block":
+    mask_id = int(f.get("mask_token_id", -1))
+    return models.create_block_draft(target.config, num_layers=f.num_layers, block_size=int(f.get("block_size", 8)),
+                                     feature_layers=tuple(f.feature_layers) or None, draft_vocab_size=size,
+                                     seed=spec.seed, target=target, token_counts=counts,
+                                     mask_token_id=None if mask_id < 0 else mask_id, dtype=spec.dtype,
+                                     param_dtype=spec.param_dtype)
   return models.create_feature_draft(target.config, num_layers=f.num_layers,
                                      feature_layers=tuple(f.feature_layers) or None, draft_vocab_size=size,
                                      seed=spec.seed, target=target, token_counts=counts, dtype=spec.dtype,
@@ -276,7 +298,9 @@ def build(config, workdir: str) -> Components:
   objective = Objective(loss=loss, teacher="online" if feature else source.teacher, beta=o.beta,
                         temperature=o.temperature, adaspec_fraction=o.adaspec_fraction, feature=feature,
                         ttt_steps=int(o.get("ttt_steps", 3)), ttt_decay=float(o.get("ttt_decay", 1.0)),
-                        ttt_inputs=o.get("ttt_inputs", "data"), ttt_temperature=float(o.get("ttt_temperature", 1.0)))
+                        ttt_inputs=o.get("ttt_inputs", "data"), ttt_temperature=float(o.get("ttt_temperature", 1.0)),
+                        block=draft_kind(config.draft) == "block", num_anchors=int(o.get("num_anchors", 0)),
+                        block_decay=float(o.get("block_decay", 4.0)))
   if objective.needs_target and target is None:
     raise ValueError(f"loss {loss!r} on source {config.data.source!r} needs a target (config.target)")
   eval_text = text_source(config, chat, config.data.eval_corpora or config.data.corpora,

@@ -20,7 +20,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from specdistill_jax.distill import divergences as div
-from specdistill_jax.distill import feature_loss
+from specdistill_jax.distill import block_loss, feature_loss
 from specdistill_jax.distill.state import TrainState
 
 
@@ -44,6 +44,11 @@ class Objective:
   ttt_decay: float = 1.0
   ttt_inputs: str = "data"  # 'data' (teacher forcing) or 'draft' (on-policy: its own samples)
   ttt_temperature: float = 1.0  # on-policy sampling temperature (0 = argmax)
+  # block drafters (DFlash; feature=True too): num_anchors blocks per row (0: T // block_size),
+  # slot i weighted exp(-i / block_decay) (distill/block_loss.py)
+  block: bool = False
+  num_anchors: int = 0
+  block_decay: float = 4.0
 
   def __post_init__(self):
     if self.loss not in div.LOSSES:
@@ -65,6 +70,17 @@ class Objective:
                          "needs a divergence against the target (fkl, rkl, jsd, tvd)")
       if self.ttt_temperature < 0:
         raise ValueError(f"ttt_temperature={self.ttt_temperature} must be >= 0 (0 = argmax)")
+      if self.block:
+        block_loss.slot_weights(2, self.block_decay)
+        if int(self.num_anchors) != self.num_anchors or self.num_anchors < 0:
+          raise ValueError(f"num_anchors={self.num_anchors} must be an integer >= 0 (0: T // block_size)")
+        if self.loss == "adaspec":
+          raise ValueError("loss 'adaspec' is implemented for token and EAGLE-3 drafts; a block draft trains "
+                           "with fkl, rkl, jsd, tvd or ce")
+        if self.ttt_inputs != "data":
+          raise ValueError("ttt_inputs='draft' (on-policy) is not defined for a block draft: its drafted slots "
+                           "read mask tokens, never its own samples; train on regenerated data instead "
+                           "(data.source='teacher_online')")
       if self.teacher != "online":
         raise ValueError(f"a feature draft reads the target's hidden states, so its teacher is the target "
                          f"run in the train step ('online'), not {self.teacher!r}")
@@ -118,6 +134,8 @@ def token_values(objective: Objective, graphdef, params, batch, target=None, ref
   logits one chunk at a time. A feature draft's values span its unrolled steps
   (feature_loss.py).
   """
+  if objective.block:
+    return block_loss.block_token_values(objective, graphdef, params, batch, target, with_nll, key)
   if objective.feature:
     return feature_loss.feature_token_values(objective, graphdef, params, batch, target, reference, with_nll, key)
   student, s_h = _hidden(graphdef, params, batch)

@@ -230,10 +230,8 @@ class Trainer:
       return None
     path = os.path.join(self.workdir, self.config.export_hf)
     draft = self.draft_model(jax.device_get(params))
-    if getattr(draft, "reads_target_features", False):  # speculators eagle3, naming its verifier
-      models.save_hf(draft, path, verifier=self.config.draft.feature.verifier or self.config.target.hf_path)
-    else:
-      models.save_hf(draft, path)
+    # a draft head is written in its speculators format, naming its verifier (ignored otherwise)
+    models.save_hf(draft, path, verifier=self.config.draft.feature.verifier or self.config.target.hf_path or None)
     self.parts.chat.tokenizer.save_pretrained(path)
     return path
 

@@ -5,7 +5,8 @@ from flax import nnx
 from specdistill_jax.models.block_draft import BlockDraft, create_block_draft
 from specdistill_jax.models.feature_draft import FeatureDraft, create_feature_draft, select_draft_vocab
 from specdistill_jax.models.config import ModelConfig, RopeScaling, preset, preset_names
-from specdistill_jax.models.hf import CheckpointFormatError, config_from_hf, config_to_hf, load_hf, save_hf
+from specdistill_jax.models.formats import load_hf, save_hf
+from specdistill_jax.models.hf import CheckpointFormatError, config_from_hf, config_to_hf
 from specdistill_jax.models.kv_cache import KVCache
 from specdistill_jax.models.self_draft import first_layers
 from specdistill_jax.models.transformer import Transformer, init_cache

@@ -88,9 +88,8 @@ class BlockLayer(nnx.Module):
 class BlockDraft(DraftVocab, nnx.Module):
   """A DFlash block drafter. `config` describes its decoder layers (vocab_size = the target's).
 
-  With the full vocabulary the head is the target's own and stays frozen (`frozen_lm_head`),
-  as in speculators, where a full-vocabulary dflash draft reuses its verifier's head; with a
-  draft vocabulary it is trained (`lm_head`).
+  The head is the target's own (its draft-vocabulary rows) and stays frozen, as in
+  speculators' dflash, which rebuilds a full-vocabulary head from its verifier.
   """
 
   reads_target_features = True
@@ -117,15 +116,8 @@ class BlockDraft(DraftVocab, nnx.Module):
     self.hidden_norm = RMSNorm(c, rngs=rngs)
     self.layers = nnx.List([BlockLayer(c, i, rngs=rngs) for i in range(c.num_layers)])
     self.final_norm = RMSNorm(c, rngs=rngs)
-    head = _param(rngs, (c.d_model, self.draft_vocab_size), ("embed", "vocab"), c, c.d_model ** -0.5)
-    if self.draft_ids is None:
-      self.frozen_lm_head = head
-    else:
-      self.lm_head = head
-
-  @property
-  def head_name(self) -> str:
-    return "frozen_lm_head" if self.draft_ids is None else "lm_head"
+    self.frozen_lm_head = _param(rngs, (c.d_model, self.draft_vocab_size), ("embed", "vocab"), c,
+                                 c.d_model ** -0.5)
 
   @property
   def default_gamma(self) -> int:
@@ -141,8 +133,8 @@ class BlockDraft(DraftVocab, nnx.Module):
 
   def draft_logits(self, states):
     """Layer outputs [B, T, D] -> fp32 logits over the draft vocabulary [B, T, Vd]."""
-    head = getattr(self, self.head_name)[...]
-    return _mm("btd,dv->btv", self.final_norm(states), head, self.config.jnp_dtype, jnp.float32)
+    return _mm("btd,dv->btv", self.final_norm(states), self.frozen_lm_head[...], self.config.jnp_dtype,
+               jnp.float32)
 
   def _block_inputs(self, anchors):
     """Anchor ids [...] -> block ids [..., block_size] (the anchor, then mask tokens)."""
@@ -236,8 +228,9 @@ def create_block_draft(target_config: ModelConfig, *, num_layers: int = 1, block
 
   num_layers: decoder layers. block_size: the anchor plus block_size - 1 drafted tokens per
   pass. feature_layers: target layer ids it reads (default: EAGLE-3's low / middle / high).
-  draft_vocab_size: None = the full vocabulary (the head is then the target's, frozen), else
-  the most frequent ids of `token_counts` [V]. target: copy its embedding, head and final norm.
+  draft_vocab_size: None = the full vocabulary, else the most frequent ids of `token_counts` [V].
+  target: copy its embedding and head (both stay frozen) and its final norm; a draft without it
+  has random ones, and its dflash export (which takes them from the verifier) refuses it.
   mask_token_id: the id embedded at the block's drafted slots (default: the pad id).
   """
   if int(num_layers) != num_layers or num_layers < 1:
@@ -251,5 +244,5 @@ def create_block_draft(target_config: ModelConfig, *, num_layers: int = 1, block
                      mask_token_id=tc.pad_token_id if mask_token_id is None else mask_token_id,
                      draft_ids=draft_ids_for(tc, draft_vocab_size, token_counts), rngs=nnx.Rngs(seed))
   if target is not None:
-    start_from_target(draft, target, tc, draft.head_name)
+    start_from_target(draft, target, tc, "frozen_lm_head")
   return draft

@@ -1,6 +1,8 @@
-"""Hugging Face checkpoint interop: `load_hf` and `save_hf` through safetensors.
+"""Hugging Face checkpoint interop for the transformer: `load_transformer` / `save_transformer`.
 
-Reads a local directory holding config.json and model.safetensors (or a
+`models.load_hf` / `models.save_hf` (models/formats.py) come here for plain models
+and to the speculators formats for draft heads, which reuse the tensor-layout
+helpers below. Reads a local directory holding config.json and model.safetensors (or a
 sharded model.safetensors.index.json) for LlamaForCausalLM, MistralForCausalLM
 and Qwen2ForCausalLM; writes directories that
 `transformers.AutoModelForCausalLM.from_pretrained` loads. Nothing here reaches
@@ -234,9 +236,9 @@ def _open_tensors(path: str) -> Callable[[str], np.ndarray]:
   return get
 
 
-def load_hf(path: str, dtype=jnp.float32, param_dtype=None, shardings=None, scan_layers: bool = False) -> Transformer:
-  """Load a local HF checkpoint directory as a `Transformer` (or a speculators eagle3
-  directory as a `FeatureDraft`).
+def load_transformer(path: str, dtype=jnp.float32, param_dtype=None, shardings=None,
+                     scan_layers: bool = False) -> Transformer:
+  """Load a local HF checkpoint directory (Llama / Mistral / Qwen2) as a `Transformer`.
 
   dtype: compute dtype; param_dtype: storage dtype (default: dtype).
   shardings: optional callable(abstract nnx.State) -> pure dict of shardings
@@ -246,13 +248,7 @@ def load_hf(path: str, dtype=jnp.float32, param_dtype=None, shardings=None, scan
   """
   import transformers
 
-  path = os.fspath(path)
-  if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
-    raise FileNotFoundError(f"{path!r} is not a directory with a config.json: pass the local "
-                            "directory of a Llama/Mistral/Qwen2 checkpoint")
-  from specdistill_jax.models import eagle3_io
-  if eagle3_io.is_eagle3(path):
-    return eagle3_io.load_eagle3(path, dtype, param_dtype)
+  path = check_directory(path)
   try:
     hf_config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
   except (OSError, ValueError, KeyError) as e:
@@ -265,6 +261,15 @@ def load_hf(path: str, dtype=jnp.float32, param_dtype=None, shardings=None, scan
   target_shardings = shardings(abstract) if shardings is not None else None
   nnx.replace_by_pure_dict(abstract, read_tensors(path, _tensor_specs(config), pname, target_shardings))
   return nnx.merge(graphdef, abstract)
+
+
+def check_directory(path) -> str:
+  """`path` as a string, or FileNotFoundError if it is not a directory with a config.json."""
+  path = os.fspath(path)
+  if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
+    raise FileNotFoundError(f"{path!r} is not a directory with a config.json: pass the local "
+                            "directory of a Llama/Mistral/Qwen2 checkpoint")
+  return path
 
 
 def read_tensors(path: str, specs, param_dtype: str, shardings=None) -> dict:
@@ -291,17 +296,10 @@ def hf_tensors(model, specs) -> dict:
           for ours, name, _, to_hf, _ in specs}
 
 
-def save_hf(model, path: str, verifier: Optional[str] = None) -> None:
-  """Write `model` as an HF directory (config.json + model.safetensors).
-
-  A feature draft is written in speculators' `eagle3` format (models/eagle3_io.py), naming
-  `verifier` (the target's HF id or local path) as the model it drafts for.
-  """
+def save_transformer(model: Transformer, path: str) -> None:
+  """Write `model` as an HF directory (config.json + model.safetensors)."""
   from safetensors.numpy import save_file
 
-  if getattr(model, "reads_target_features", False):
-    from specdistill_jax.models import eagle3_io
-    return eagle3_io.save_eagle3(model, path, verifier)
   config: ModelConfig = model.config
   os.makedirs(path, exist_ok=True)
   config_to_hf(config).save_pretrained(path)

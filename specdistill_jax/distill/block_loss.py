@@ -1,0 +1,93 @@
+"""The training loss of a block drafter (DFlash), with any divergence.
+
+One target forward (frozen) gives the features the draft reads and the
+teacher's next-token logits. `num_anchors` anchors are drawn per row among the
+positions a whose next token is a response token of a's own sequence (uniformly,
+without replacement, fresh every step; the eval step uses a fixed draw). The
+block at a (`BlockDraft.block_logits`) predicts tokens a+1 .. a+block_size-1 from
+the context of positions < a; slot i (0-based) is compared with the target's
+distribution at position a+i (what predicts token a+1+i), restricted to the
+draft vocabulary and renormalised there, as for an EAGLE-3 head.
+
+Per-position weights (DFlash's fixed exponential decay, speculators'
+`dflash_loss_decay`): slot i weighs exp(-i / block_decay), normalised to mean 1
+over the block, so an early slot (on which every later acceptance depends)
+counts most. A slot counts if its token exists in the anchor's sequence and is a
+response token (loss_mask).
+
+Losses: fkl / rkl / jsd / tvd against the target (divergences.py) and 'ce' on the
+data's tokens mapped into the draft vocabulary (tokens outside it are skipped).
+AdaSPEC and on-policy training are refused (step.Objective): a block's drafted
+slots read mask tokens, never the draft's own samples, so there is no on-policy
+input to train on; regenerated data (data.source='teacher_online' /
+'teacher_offline') is the way to train on the target's own outputs.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from specdistill_jax.distill import divergences as div
+
+
+def slot_weights(block_size: int, decay: float) -> np.ndarray:
+  """Weights of the block's block_size - 1 drafted slots: exp(-i / decay), normalised to mean 1."""
+  if not decay > 0:
+    raise ValueError(f"block_decay={decay} must be > 0 (slot i weighs exp(-i / block_decay))")
+  w = np.exp(-np.arange(block_size - 1, dtype=np.float64) / decay)
+  return (w * (block_size - 1) / w.sum()).astype(np.float32)
+
+
+def sample_anchors(key, tokens, segment_ids, loss_mask, num_anchors: int):
+  """Anchors [B, A] (sorted) and whether each is real [B, A]: positions a with a + 1 in a's
+  sequence and a response token there, drawn uniformly without replacement."""
+  b, t = tokens.shape
+  nxt = jnp.pad(segment_ids[:, 1:], ((0, 0), (0, 1)))
+  ok = (segment_ids != 0) & (nxt == segment_ids) & (jnp.pad(loss_mask[:, 1:], ((0, 0), (0, 1))) > 0)
+  scores = jnp.where(ok, jax.random.uniform(key, (b, t)), -1.0)
+  top, idx = jax.lax.top_k(scores, min(num_anchors, t))
+  order = jnp.argsort(idx, axis=1)
+  return jnp.take_along_axis(idx, order, 1).astype(jnp.int32), jnp.take_along_axis(top, order, 1) >= 0
+
+
+def block_token_values(objective, graphdef, params, batch, target, with_nll: bool = False,
+                       key=None) -> tuple[dict, jax.Array]:
+  """Per-(anchor, slot) values [B * A * (block_size - 1)] and their mask, like step.token_values."""
+  draft = nnx.merge(graphdef, params)
+  t_model = nnx.merge(*target)
+  tokens, seg = batch["tokens"], batch["segment_ids"]
+  t_h, feats = t_model.hidden(tokens, positions=batch["positions"], segment_ids=seg,
+                              feature_layers=draft.feature_layers)
+  feats, t_h = jax.lax.stop_gradient(feats), jax.lax.stop_gradient(t_h)
+  bs = draft.block_size
+  num = objective.num_anchors or max(1, tokens.shape[1] // bs)
+  anchors, real = sample_anchors(jax.random.PRNGKey(0) if key is None else key, tokens, seg,
+                                 batch["loss_mask"], num)
+  logits, valid = draft.block_logits(tokens, feats, anchors, seg)  # [B, A, bs-1, Vd]
+  b, a = anchors.shape
+  slot = anchors[:, :, None] + jnp.arange(bs - 1)[None, None, :]  # teacher position of each slot
+  flat = jnp.minimum(slot, tokens.shape[1] - 1).reshape(b, -1)
+  teacher_h = jnp.take_along_axis(t_h, flat[..., None], axis=1)  # [B, A*(bs-1), D]
+  teacher = t_model.project(teacher_h, vocab_ids=draft.draft_ids).reshape(logits.shape)
+  nxt = jnp.minimum(flat + 1, tokens.shape[1] - 1)
+  answer = jnp.take_along_axis(tokens, nxt, axis=1).reshape(b, a, bs - 1)
+  response = jnp.take_along_axis(batch["loss_mask"], nxt, axis=1).reshape(b, a, bs - 1) > 0
+  mask = valid & real[:, :, None] & response
+  d_target = draft.to_draft_ids(answer)
+  log_q_raw = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+  nll = jnp.where(d_target >= 0, -jnp.take_along_axis(log_q_raw, jnp.maximum(d_target, 0)[..., None], -1)[..., 0],
+                  0.0)
+  log_p, log_q = div.log_probs(logits, teacher, objective.temperature)
+  values = {"tvd": jax.lax.stop_gradient(div.tvd(log_p, log_q))}
+  if with_nll:
+    values["nll"] = nll
+  if objective.loss == "ce":
+    values["loss"] = nll
+    mask = mask & (d_target >= 0)
+  else:
+    values["loss"] = div.token_divergence(objective.loss, log_p, log_q, objective.beta)
+  values["loss"] = values["loss"] * jnp.asarray(slot_weights(bs, objective.block_decay))
+  return {k: v.reshape(-1) for k, v in values.items()}, mask.reshape(-1).astype(jnp.float32)
