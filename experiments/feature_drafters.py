@@ -20,7 +20,7 @@ import numpy as np
 import studylib as lib
 
 from configs.feature_drafters import CELLS
-from specdistill_jax.evaluate import step_seconds
+from specdistill_jax.evaluate import round_seconds, step_seconds
 
 CLAIMS = ("EAGLE-3 (2503.01840): a feature drafter reading low/middle/high target layers, trained with "
           "training-time test, accepts far longer than an independent draft (tau 6-7 on 7-8B targets at T=0); "
@@ -64,7 +64,7 @@ def run(config) -> str:
   size = config.max_prompt_tokens + config.max_new_tokens + config.gamma + 8
   t_step = step_seconds(target, 1, size)
   v = step_seconds(target, 1, size, tokens=config.gamma + 1) / t_step
-  cost = {n: step_seconds(lib.model(cells[n, 0]), 1, size) / t_step for n in names}
+  cost = {n: round_seconds(lib.model(cells[n, 0]), 1, size) / t_step for n in names}
   rows = []
   for n in names:
     row = [n, f"{cost[n]:.3f}"]

@@ -4,6 +4,7 @@
   same prompts -> alpha, tau, tokens/s of both, the measured speedup, the
   cost ratio c and the theoretical speedup (1 - a^(g+1)) / ((1 - a)(g c + 1));
 * `cost_ratio`: c = draft step time / target step time (cached one-token steps);
+  `round_seconds`: one proposal round of any drafter (gamma steps, or one block pass);
 * `target_log_likelihood`: mean log p_target(output token | prefix) (lossy-SD quality);
 * `json_exact_match`: fraction of outputs whose JSON equals the reference JSON;
 * `answer_accuracy`: fraction of outputs whose final '#### answer' is the right number (math);
@@ -51,14 +52,46 @@ def _step_program(graphdef, steps: int):
 
     def body(_, carry):
       c, t = carry
-      # a feature draft's step reads a hidden input per token (its previous state)
-      hidden = (jnp.zeros(t.shape + (model.config.d_model,), model.config.jnp_dtype)
-                if proposer.reads_features(model) else None)
-      logits, c, _ = proposer.feed(model, t, c, hidden=hidden)
+      logits, c, _ = proposer.feed(model, t, c)
       return c, jnp.argmax(logits, -1).astype(jnp.int32)
 
     return jax.lax.fori_loop(0, steps, body, (cache, token))
   return run
+
+
+@functools.lru_cache(maxsize=16)
+def _round_program(graphdef, gamma: int, rounds: int):
+  @jax.jit
+  def run(state, cache):
+    model = nnx.merge(graphdef, state)
+    pending, n_pending, hidden = proposer.blank_pending(model, cache.lengths.shape[0])
+    start = cache.lengths
+
+    def body(i, carry):
+      c, acc = carry
+      toks, logits, c = proposer.propose(model, c, pending, n_pending, hidden, jax.random.PRNGKey(i), gamma,
+                                         True, 1.0)
+      # every round starts from the same cache length; the sum keeps the proposals live
+      return c.with_lengths(start), acc + jnp.sum(toks) + jnp.sum(logits[..., 0])
+
+    return jax.lax.fori_loop(0, rounds, body, (cache, jnp.float32(0)))
+  return run
+
+
+def round_seconds(draft, gamma: int, cache_size: int, batch: int = 1, rounds: int = 16, repeats: int = 5) -> float:
+  """Seconds of one proposal round of `gamma` drafts (best of `repeats`), any kind of draft:
+  feeding one pending token, then gamma one-token steps (a token draft, an EAGLE-3 head) or one
+  block pass (a block drafter). The cache starts a quarter full."""
+  graphdef, state = nnx.split(draft)
+  run = _round_program(graphdef, int(gamma), rounds)
+  cache = draft.init_cache(batch, cache_size).with_lengths(jnp.full((batch,), cache_size // 4, jnp.int32))
+  jax.block_until_ready(run(state, cache))
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(run(state, cache))
+    best = min(best, time.perf_counter() - t0)
+  return best / rounds
 
 
 def step_seconds(model, batch: int, cache_size: int, steps: int = 32, repeats: int = 5,
@@ -85,8 +118,8 @@ def step_seconds(model, batch: int, cache_size: int, steps: int = 32, repeats: i
 
 
 def cost_ratio(target, draft, batch: int = 1, cache_size: int = 256) -> float:
-  """c = draft step time / target step time, measured here."""
-  return step_seconds(draft, batch, cache_size) / step_seconds(target, batch, cache_size)
+  """c = a one-draft proposal round / a target step, measured here (a token draft: its step)."""
+  return round_seconds(draft, 1, cache_size, batch) / step_seconds(target, batch, cache_size)
 
 
 def speculative_eval(target, draft, prompts, max_new_tokens: int = 64, gamma: int = 4,

@@ -47,3 +47,13 @@ def test_preset_takes_tuple_rope_scaling_and_rejects_unknown_fields():
   assert cfg.rope_scaling.kind == "linear" and cfg.eos_token_ids == (3,)
   with pytest.raises(ValueError, match="unknown ModelConfig field"):
     models.preset("micro", 64, depth=3)
+
+
+def test_dflash_config_is_the_eagle3_recipe_with_a_block_draft():
+  from configs import dflash, eagle3
+  c, e = dflash.get_config("cpu,block_size=6,steps=7"), eagle3.get_config("cpu,steps=7")
+  assert c.draft.kind == "block" and c.draft.feature.block_size == 6 and c.draft.feature.num_layers == 2
+  assert (c.data.to_dict(), c.train.to_dict()) == (e.data.to_dict(), e.train.to_dict())  # equal training data
+  assert c.draft.feature.verifier == ""  # the export names the local target, which holds the embedding
+  with pytest.raises(ValueError, match="unknown config preset"):
+    dflash.get_config("gpu")

@@ -39,3 +39,18 @@ def test_reference_cross_entropy_is_entropy_plus_kl_per_row():
 def test_answer_accuracy_reads_the_final_answer():
   outputs = ["2 * 3 = 6\n#### 6", "#### 7", "no answer", "1 + 1 = 2\n#### 1,000"]
   assert evaluate.answer_accuracy(outputs, [6, 6, 3, "1000"]) == 0.5
+
+
+def test_round_seconds_measures_a_proposal_round_of_every_kind_of_draft():
+  """One jitted proposal round per kind (token LM, EAGLE-3 head, prompt lookup, block drafter):
+  the cost the benchmark's r(gamma) reports; a block drafter's round is one pass at any gamma."""
+  from specdistill_jax import models, sampling
+  from specdistill_jax.sampling import proposer
+  from tests.sampling.helpers import tiny
+  target = tiny()
+  drafts = [tiny(preset="micro", seed=1), models.create_feature_draft(target.config, target=target),
+            sampling.prompt_lookup().for_target(target), models.create_block_draft(target.config, block_size=4)]
+  for d in drafts:
+    for gamma in (1, 3):
+      assert 0 < evaluate.round_seconds(d, gamma, 64, rounds=2, repeats=1) < 60
+  assert [proposer.passes_per_round(d, 3) for d in drafts] == [3, 3, 3, 1]

@@ -23,8 +23,10 @@ PROTOCOL = (
     "of a prompt run back to back, {repeats} time(s), median per prompt, compilation excluded; tokens/s = total "
     "tokens / total seconds (prefill included); speedup = SD tok/s / AR tok/s with a 95% bootstrap CI over "
     "prompts; tau = tokens per round (bonus token included); acceptance by position = accepted / tested at "
-    "chain position (tree depth) 1..gamma; c = draft step / target step and v(k) = k-token verification / "
-    "target step, measured in this run at the set's cache size; predicted = tau / (gamma c + v(gamma+1)). "
+    "chain position (tree depth) 1..gamma; c = draft step / target step, v(k) = k-token verification / "
+    "target step and r(gamma) = one proposal round of gamma drafts / target step (gamma draft steps; one pass "
+    "of a block drafter), measured in this run at the set's cache size; predicted = tau / (r(gamma) + "
+    "v(gamma+1)). "
     "T > 0 is exact rejection sampling; at T=0 SD ids are compared with AR ids on every prompt (equal in "
     "fp32; in bf16 a k-token pass may round a near-tie differently: such rows are counted and the first "
     "differing position is given).")
@@ -53,7 +55,8 @@ def markdown(result: SuiteResult, command: str, minutes: float) -> str:
   for s in result.sets:
     lines += [f"## {s.name}: {s.num_prompts} prompts" + (f" (--limit {s.limit})" if s.limit else ""), "",
               f"Target step {s.target_step_ms:.1f} ms; c = {s.c:.3f}; "
-              + ", ".join(f"v({k}) = {x:.2f}" for k, x in s.v.items()) + ".", "",
+              + ", ".join(f"v({k}) = {x:.2f}" for k, x in s.v.items())
+              + "".join(f", r({g}) = {x:.3f}" for g, x in s.draft_round.items()) + ".", "",
               "| T | method | AR tok/s | SD tok/s | speedup [95% CI] | alpha | tau | acceptance by position | "
               "predicted | ms/round | greedy SD != AR |",
               "|---:|---|---:|---:|---|---:|---:|---|---:|---:|---|"]
@@ -100,7 +103,8 @@ def json_rows(result: SuiteResult) -> list[dict]:
           dtype=result.dtype, ar_tokens_per_s=round(x["ar_tokens_per_s"], 2),
           sd_tokens_per_s=round(x["sd_tokens_per_s"], 2), speedup=round(x["speedup"], 3),
           predicted_speedup=None if pred is None else round(pred, 3), alpha=round(x["alpha"], 4),
-          tau=round(x["tau"], 3), c=round(s.c, 4), v=round(s.v[m.verified], 3), prompt_set=s.name,
+          tau=round(x["tau"], 3), c=round(s.c, 4), v=round(s.v[m.verified], 3),
+          draft_round=None if m.tree is not None else round(s.draft_round[m.gamma], 4), prompt_set=s.name,
           num_prompts=x["num_prompts"], new_tokens=x["new_tokens"], speedup_ci=x["speedup_ci"],
           max_new_tokens=result.max_new_tokens, position_acceptance=x["position_acceptance"],
           greedy_differs=len(x["greedy_differs"]) if "greedy_differs" in x else None, categories=cats,

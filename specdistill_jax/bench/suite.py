@@ -2,7 +2,9 @@
 
 `run_suite` loads the models, reads each prompt set (data/suites.py), measures this
 machine's cost model at the set's cache size (c = draft step / target step, v(k) = a
-k-token verification / a target step), decodes every prompt with the protocol of
+k-token verification / a target step, r(gamma) = one proposal round of gamma drafts / a
+target step: gamma steps of a token draft or an EAGLE-3 head, one pass of a block
+drafter), decodes every prompt with the protocol of
 bench/protocol.py at every temperature, summarises per category and per set, and runs
 the peers (bench/peers.py) on the same prompts. `--limit N` keeps N prompts per set,
 taken round-robin over the set's categories (MT-Bench: N/8 per category), and is printed.
@@ -29,6 +31,7 @@ class SetResult:
   limit: Optional[int]
   c: float
   v: dict  # verified tokens -> v
+  draft_round: dict  # chain length gamma -> one proposal round / a target step
   target_step_ms: float
   summaries: list  # dicts: temperature, method, category ('all' = the whole set), summary fields
   peers: list
@@ -142,10 +145,13 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
     cats = [p.category for p in prompts]
     cache = max(map(len, ids)) + max_new_tokens + 64
     step = evaluate.step_seconds(target, 1, cache)
-    c = evaluate.step_seconds(draft, 1, cache) / step
+    c = evaluate.round_seconds(draft, 1, cache) / step
     v = {k: evaluate.step_seconds(target, 1, cache, tokens=k) / step for k in sorted({m.verified for m in methods})}
+    rounds = {g: evaluate.round_seconds(draft, g, cache) / step for g in sorted({m.gamma for m in methods
+                                                                                 if m.tree is None})}
     log(f"{name}: {len(prompts)} prompts{f' (--limit {limit})' if limit else ''}; target step "
-        f"{1e3 * step:.1f} ms, c {c:.3f}, v " + ", ".join(f"v({k}) {x:.2f}" for k, x in v.items()))
+        f"{1e3 * step:.1f} ms, c {c:.3f}, v " + ", ".join(f"v({k}) {x:.2f}" for k, x in v.items())
+        + ", draft round " + ", ".join(f"r({g}) {x:.3f}" for g, x in rounds.items()))
     summaries, greedy_ar = [], None
     for temp in temperatures:
       recs = decode_set(target, draft, ids, cats, methods, temp, max_new_tokens, repeats,
@@ -158,7 +164,7 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
           keep = [i for i, cc in enumerate(cats) if cat == "all" or cc == cat]
           summary = summarise([recs[m][i] for i in keep], [recs[None][i] for i in keep], temp)
           if m.tree is None:
-            summary["predicted_speedup"] = summary["tau"] / (m.gamma * c + v[m.verified])
+            summary["predicted_speedup"] = summary["tau"] / (rounds[m.gamma] + v[m.verified])
           summaries.append(dict(temperature=temp, method=m, category=cat, **summary))
           if cat == "all":
             s = summary
@@ -174,5 +180,5 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
                                                 target.config.eos_token_ids))
     for r in peer_rows:
       log(f"  peer {r['system']}: {r['tokens_per_second']} tok/s ({r['note']})")
-    results.append(SetResult(name, len(prompts), limit, c, v, 1e3 * step, summaries, peer_rows))
+    results.append(SetResult(name, len(prompts), limit, c, v, rounds, 1e3 * step, summaries, peer_rows))
   return SuiteResult(pair, dtype, max_new_tokens, repeats, list(methods), list(temperatures), results)

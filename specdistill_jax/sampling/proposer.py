@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from specdistill_jax import models
+from specdistill_jax.sampling import acceptance
 from specdistill_jax.sampling import distributions as dist
 from specdistill_jax.sampling.autoregressive import last_valid
 
@@ -80,6 +81,14 @@ def propose(model, cache, pending, n_pending, hidden, key, gamma: int, greedy: b
   return tokens, logits, cache
 
 
+def blank_pending(draft, batch: int, width: int = 1):
+  """(pending [B, W], n_pending [B], hidden [B, W, D] or None): W zero tokens (one of them
+  pending) with zero hidden inputs, the state a cost measurement proposes from."""
+  hidden = (jnp.zeros((batch, width, draft.config.d_model), draft.config.jnp_dtype)
+            if reads_features(draft) else None)
+  return jnp.zeros((batch, width), jnp.int32), jnp.ones((batch,), jnp.int32), hidden
+
+
 def passes_per_round(draft, gamma: int) -> int:
   """Draft forwards per chain round: 1 for a block drafter, else gamma."""
   return 1 if hasattr(draft, "draft_block") else int(gamma)
@@ -122,6 +131,45 @@ def prefill(draft, tokens, prefix, cache_size: int, features=None, layers: tuple
   _, cache, _ = draft.forward_cached(tokens[:, 1:], cache, jnp.maximum(prefix - 1, 0), hidden=h[:, :-1])
   last = jnp.take_along_axis(h, jnp.maximum(prefix - 1, 0)[:, None, None], axis=1)
   return cache, jnp.where((prefix > 0)[:, None, None], last, 0.0)  # a 1-token prompt has no feature
+
+
+def pending_width(drafts, gamma: int, tree: bool) -> int:
+  """Pending tokens a drafter may re-feed after a round: 2 for one token draft's chain (d_G and
+  the bonus token), else gamma + 1 (routing, trees, feature drafts re-feed the realised tokens)."""
+  return 2 if len(drafts) == 1 and not tree and not reads_features(drafts[0]) else gamma + 1
+
+
+def advance_chain(draft, cache, old_lengths, n_pending, proposed, realised, n, active, features, layers: tuple,
+                  width: int, gamma: int):
+  """A drafter after a chain round: its cache rolled back to what it keeps and its pending tokens.
+
+  cache: after its proposal (from old_lengths, n_pending fed); proposed [B, G] its drafts;
+  realised [B, G+1] the round's tokens (n accepted drafts, then the next token).
+  A token draft keeps the K/V of its leading proposals that were realised; a feature draft
+  keeps none (they read draft states) and re-feeds every realised token with the target
+  features of the verification pass. -> (cache, pending [B, W], n_pending [B], hidden or None)
+  """
+  b = n.shape[0]
+  if reads_features(draft):
+    keep = jnp.zeros_like(n)
+    hidden = feature_pending(draft, features, layers, jnp.broadcast_to(jnp.arange(width), (b, width)), width)
+  else:
+    pos = jnp.arange(gamma - 1)[None, :]
+    keep = acceptance.accepted_prefix((proposed[:, : gamma - 1] == realised[:, : gamma - 1]) & (pos < n[:, None]))
+    hidden = None
+  cache = cache.with_lengths(jnp.where(active, old_lengths + n_pending + keep, old_lengths))
+  idx = jnp.minimum(keep[:, None] + jnp.arange(width)[None, :], gamma)
+  return cache, jnp.take_along_axis(realised, idx, axis=1), n + 1 - keep, hidden
+
+
+def tree_pending_hidden(draft, features, layers: tuple, path, width: int):
+  """A feature draft's hidden inputs after a tree round: the root's, then the accepted path's
+  nodes' target features in the verification pass (None for a token draft)."""
+  if not reads_features(draft):
+    return None
+  b = path.shape[0]
+  index = jnp.concatenate([jnp.zeros((b, 1), jnp.int32), 1 + jnp.maximum(path, 0)], axis=1)
+  return feature_pending(draft, features, layers, index, width)
 
 
 def feature_pending(draft, features, layers: tuple, index, width: int):

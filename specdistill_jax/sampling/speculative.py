@@ -94,9 +94,7 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
     target = nnx.merge(target_def, target_state)
     drafts = [nnx.merge(d, s) for d, s in zip(draft_defs, draft_states)]
     layers = proposer.feature_layers(drafts)  # target features the feature drafts read
-    featured = [proposer.reads_features(d) for d in drafts]
-    # pending tokens a drafter may have to re-feed
-    width = 2 if num_drafts == 1 and spec is None and not any(featured) else gamma + 1
+    width = proposer.pending_width(drafts, gamma, spec is not None)  # pending tokens a drafter may re-feed
     b = tokens.shape[0]
     prefix = lengths - 1
     last_token = jnp.take_along_axis(tokens, prefix[:, None], axis=1)[:, 0]
@@ -153,23 +151,10 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
         return t_cache.with_lengths(jnp.where(active, old + 1 + n, old))
 
       def advance_drafts(realised, n, active):
-        caches, pendings, n_pendings, hiddens = [], [], [], []
-        pos = jnp.arange(gamma - 1)[None, :]
-        for k in range(num_drafts):
-          if featured[k]:  # keeps nothing: re-feeds every realised token with the target's features
-            keep = jnp.zeros_like(n)
-            hiddens.append(proposer.feature_pending(drafts[k], feats[0], layers,
-                                                    jnp.broadcast_to(jnp.arange(width), (b, width)), width))
-          else:
-            keep = acceptance.accepted_prefix((all_tokens[k][:, : gamma - 1] == realised[:, : gamma - 1])
-                                              & (pos < n[:, None]))
-            hiddens.append(None)
-          old = s.draft_caches[k].lengths
-          caches.append(props[k][2].with_lengths(jnp.where(active, old + s.n_pending[k] + keep, old)))
-          idx = jnp.minimum(keep[:, None] + jnp.arange(width)[None, :], gamma)
-          pendings.append(jnp.take_along_axis(realised, idx, axis=1))
-          n_pendings.append(n + 1 - keep)
-        return caches, pendings, n_pendings, hiddens
+        rows = [proposer.advance_chain(drafts[k], props[k][2], s.draft_caches[k].lengths, s.n_pending[k],
+                                       all_tokens[k], realised, n, active, feats[0] if feats else None, layers,
+                                       width, gamma) for k in range(num_drafts)]
+        return tuple(list(x) for x in zip(*rows))
 
       supplied = jax.nn.one_hot(choice, num_drafts, dtype=jnp.int32)
       nodes = jnp.full((b,), gamma, jnp.int32)
@@ -201,13 +186,9 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
         caches, pendings, n_pendings, hiddens = [], [], [], []
         start = 0
         for k in range(num_drafts):
-          cache, pend, n_pend = tree_lib.advance_drafter(grown[k][1], forest, trees[k], k, start, path,
-                                                         jnp.where(active, n, 0), realised, featured[k])
-          if featured[k]:  # the root, then the path's nodes in the verification pass
-            index = jnp.concatenate([jnp.zeros((b, 1), jnp.int32), 1 + jnp.maximum(path, 0)], axis=1)
-            hiddens.append(proposer.feature_pending(drafts[k], feats[0], layers, index, width))
-          else:
-            hiddens.append(None)
+          cache, pend, n_pend = tree_lib.advance_drafter(drafts[k], grown[k][1], forest, trees[k], k, start, path,
+                                                         jnp.where(active, n, 0), realised)
+          hiddens.append(proposer.tree_pending_hidden(drafts[k], feats[0] if feats else None, layers, path, width))
           old = s.draft_caches[k].lengths
           caches.append(cache.with_lengths(jnp.where(active, cache.lengths, old)))
           pendings.append(pend)

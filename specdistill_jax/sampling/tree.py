@@ -347,8 +347,7 @@ def compact_target(cache, lengths, path, n):
   return cache.compact(lengths[:, None] + 1 + jnp.maximum(path, 0), lengths + 1, n).with_lengths(lengths + 1 + n)
 
 
-def advance_drafter(cache, forest: Forest, tree: DraftTree, drafter: int, start: int, path, n, realised,
-                    reads_features: bool = False):
+def advance_drafter(draft, cache, forest: Forest, tree: DraftTree, drafter: int, start: int, path, n, realised):
   """A drafter's cache after the round, and its pending tokens.
 
   The leading path nodes that this drafter fed (its own node with the same path
@@ -363,7 +362,7 @@ def advance_drafter(cache, forest: Forest, tree: DraftTree, drafter: int, start:
   same = mine[:, None, :] & (forest.canon[:, None, :] == path[:, :, None]) & (path[:, :, None] >= 0)
   local = jnp.argmax(same, axis=2) - start  # [B, depth]
   fed = jnp.where(same.any(2), jnp.take_along_axis(tree.fed, jnp.clip(local, 0, tree.fed.shape[1] - 1), 1), -1)
-  if reads_features:
+  if proposer.reads_features(draft):
     keep = jnp.zeros_like(n)
   else:
     keep = jnp.sum(jnp.cumprod((fed >= 0) & (jnp.arange(depth)[None] < n[:, None]), axis=1), axis=1)
