@@ -106,7 +106,7 @@ def main(argv=None):
       "run the unfused 30-layer skeleton equally (17.3 vs 17.7 ms at k=1); only fused qkv / gate-up weights on "
       "the left gain 10-20% (../shared/bench/xla_cpu_dots.py). Not adopted: it needs another parameter layout.",
       "* bf16: XLA:CPU's bf16 matrix-vector dot (one token) ran ~10x slower than its two-row matmul; "
-      "one-token bf16 matmuls now run on two rows (transformer._mm), which made bf16 k=1 go from 40.3 to "
+      "one-token bf16 matmuls now run on two rows (layers.mm), which made bf16 k=1 go from 40.3 to "
       "~27 ms, no slower than fp32 (experiments/results/target_benchmark.md).",
       "* Sampling: switched from Gumbel-max to the inverse CDF (numbers above).", ""])
   write_text(args.out, text)

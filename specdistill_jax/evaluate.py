@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from specdistill_jax import models, sampling
+from specdistill_jax import sampling
 from specdistill_jax.sampling import proposer
 
 

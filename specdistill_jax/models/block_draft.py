@@ -36,7 +36,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -45,7 +44,8 @@ from specdistill_jax.models import rope
 from specdistill_jax.models.config import ModelConfig
 from specdistill_jax.models.draft_vocab import DraftVocab, check_draft_ids, draft_ids_for, start_from_target
 from specdistill_jax.models.feature_draft import default_feature_layers
-from specdistill_jax.models.transformer import MLP, Attention, RMSNorm, _mm, _param, attend, check_feature_layers
+from specdistill_jax.models.layers import MLP, Attention, RMSNorm, attend, mm, param
+from specdistill_jax.models.transformer import check_feature_layers
 
 
 class BlockLayer(nnx.Module):
@@ -62,7 +62,7 @@ class BlockLayer(nnx.Module):
 
   def _heads(self, x, name: str):
     a, dt = self.attn, self.config.jnp_dtype
-    y = _mm("btd,dhk->bthk", x, getattr(a, name)[...], dt)
+    y = mm("btd,dhk->bthk", x, getattr(a, name)[...], dt)
     if self.config.qkv_bias:
       y = y + getattr(a, f"{name}_bias")[...].astype(dt)
     return y
@@ -111,12 +111,12 @@ class BlockDraft(DraftVocab, nnx.Module):
     self.mask_token_id = int(mask_token_id)
     self.draft_ids = check_draft_ids(draft_ids, c.vocab_size)
     f = len(self.feature_layers) * c.d_model
-    self.frozen_embed = _param(rngs, (c.vocab_size, c.d_model), ("vocab", "embed"), c, 1.0)
-    self.fc = _param(rngs, (f, c.d_model), ("mlp", "embed"), c, f ** -0.5)
+    self.frozen_embed = param(rngs, (c.vocab_size, c.d_model), ("vocab", "embed"), c, 1.0)
+    self.fc = param(rngs, (f, c.d_model), ("mlp", "embed"), c, f ** -0.5)
     self.hidden_norm = RMSNorm(c, rngs=rngs)
     self.layers = nnx.List([BlockLayer(c, i, rngs=rngs) for i in range(c.num_layers)])
     self.final_norm = RMSNorm(c, rngs=rngs)
-    self.frozen_lm_head = _param(rngs, (c.d_model, self.draft_vocab_size), ("embed", "vocab"), c,
+    self.frozen_lm_head = param(rngs, (c.d_model, self.draft_vocab_size), ("embed", "vocab"), c,
                                  c.d_model ** -0.5)
 
   @property
@@ -129,11 +129,11 @@ class BlockDraft(DraftVocab, nnx.Module):
 
   def project_features(self, features):
     """Target features [..., F] -> the context c [..., D] (fc, then hidden_norm)."""
-    return self.hidden_norm(_mm("btf,fd->btd", features, self.fc[...], self.config.jnp_dtype))
+    return self.hidden_norm(mm("btf,fd->btd", features, self.fc[...], self.config.jnp_dtype))
 
   def draft_logits(self, states):
     """Layer outputs [B, T, D] -> fp32 logits over the draft vocabulary [B, T, Vd]."""
-    return _mm("btd,dv->btv", self.final_norm(states), self.frozen_lm_head[...], self.config.jnp_dtype,
+    return mm("btd,dv->btv", self.final_norm(states), self.frozen_lm_head[...], self.config.jnp_dtype,
                jnp.float32)
 
   def _block_inputs(self, anchors):

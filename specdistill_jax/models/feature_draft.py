@@ -46,8 +46,8 @@ from specdistill_jax.models import kv_cache as kvc
 from specdistill_jax.models.config import ModelConfig
 from specdistill_jax.models.draft_vocab import (DraftVocab, check_draft_ids, draft_ids_for, select_draft_vocab,
                                                 start_from_target)
-from specdistill_jax.models.transformer import (MLP, Attention, Block, RMSNorm, _mm, _param,
-                                                check_feature_layers)
+from specdistill_jax.models.layers import MLP, Attention, Block, RMSNorm, mm, param
+from specdistill_jax.models.transformer import check_feature_layers
 
 __all__ = ["FeatureDraft", "create_feature_draft", "default_feature_layers", "select_draft_vocab"]
 
@@ -108,12 +108,12 @@ class FeatureDraft(DraftVocab, nnx.Module):
     self.draft_ids = check_draft_ids(draft_ids, c.vocab_size)
     self.norm_before_residual = bool(norm_before_residual)
     f = len(self.feature_layers) * c.d_model
-    self.frozen_embed = _param(rngs, (c.vocab_size, c.d_model), ("vocab", "embed"), c, 1.0)
-    self.fc = _param(rngs, (f, c.d_model), ("mlp", "embed"), c, f ** -0.5)
+    self.frozen_embed = param(rngs, (c.vocab_size, c.d_model), ("vocab", "embed"), c, 1.0)
+    self.fc = param(rngs, (f, c.d_model), ("mlp", "embed"), c, f ** -0.5)
     self.layers = nnx.List([FirstLayer(c, self.norm_before_residual, rngs=rngs)]
                            + [Block(c, i, rngs=rngs) for i in range(1, c.num_layers)])
     self.final_norm = RMSNorm(c, rngs=rngs)
-    self.lm_head = _param(rngs, (c.d_model, self.draft_vocab_size), ("embed", "vocab"), c, c.d_model ** -0.5)
+    self.lm_head = param(rngs, (c.d_model, self.draft_vocab_size), ("embed", "vocab"), c, c.d_model ** -0.5)
 
   @property
   def feature_dim(self) -> int:
@@ -121,11 +121,11 @@ class FeatureDraft(DraftVocab, nnx.Module):
 
   def project_features(self, features):
     """Target features [..., len(feature_layers) * D] -> the first layer's hidden input [..., D]."""
-    return _mm("btf,fd->btd", features, self.fc[...], self.config.jnp_dtype)
+    return mm("btf,fd->btd", features, self.fc[...], self.config.jnp_dtype)
 
   def draft_logits(self, states):
     """Layer outputs [B, T, D] -> fp32 logits over the draft vocabulary [B, T, draft_vocab_size]."""
-    return _mm("btd,dv->btv", self.final_norm(states), self.lm_head[...], self.config.jnp_dtype, jnp.float32)
+    return mm("btd,dv->btv", self.final_norm(states), self.lm_head[...], self.config.jnp_dtype, jnp.float32)
 
   def _inputs(self, tokens, hidden):
     return jnp.concatenate([self.frozen_embeddings(tokens), hidden.astype(self.config.jnp_dtype)], -1)

@@ -24,7 +24,6 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from specdistill_jax import models
 from specdistill_jax.sampling import acceptance
 from specdistill_jax.sampling import distributions as dist
 from specdistill_jax.sampling.autoregressive import last_valid

@@ -1,11 +1,14 @@
 """Speculative decoding: `speculative_generate(target, draft, prompts, ...) -> (out, stats)`.
 
-The whole decode is one jitted `lax.while_loop`. Each round, per row:
-  1. the draft feeds its pending tokens, then proposes G = gamma tokens
-     (`lax.scan` over cached one-token steps);
-  2. the target scores [last token, d_1..d_G] in one cached forward;
-  3. `acceptance` decides n accepted drafts and the next token t;
-  4. both caches roll back by moving lengths: rows advance by different amounts.
+The whole decode is one jitted `lax.while_loop`. Each round, per row, runs the four
+named steps of sampling/rounds.py (a chain's or a tree's):
+  1. propose: the draft feeds its pending tokens, then proposes G = gamma tokens
+     (`lax.scan` over cached one-token steps, or one pass of a block drafter);
+  2. verify: the target scores [last token, d_1..d_G] in one cached forward;
+  3. accept: `acceptance` decides n accepted drafts and the next token t;
+  4. advance: both caches roll back by moving lengths: rows advance by different amounts.
+Here live what chains and trees share: the prefill, the emission of realised tokens
+and the statistics.
 
 Invariant between rounds: the target cache holds the sequence except its last
 token (`last_token`, fed at the next verification); each draft cache holds a
@@ -41,6 +44,7 @@ from specdistill_jax.sampling import acceptance
 from specdistill_jax.sampling import distributions as dist
 from specdistill_jax.sampling import placement
 from specdistill_jax.sampling import proposer
+from specdistill_jax.sampling import rounds
 from specdistill_jax.sampling import tree as tree_lib
 from specdistill_jax.sampling.checks import as_key, check_temperature
 from specdistill_jax.sampling.compiled import CompiledProgram
@@ -78,181 +82,97 @@ class _State:
   counters: _Counters
 
 
-def _pick(stacked: jax.Array, choice: jax.Array) -> jax.Array:
-  """stacked [K, B, ...] at per-row drafter choice [B] -> [B, ...]."""
-  return jnp.take_along_axis(stacked, choice.reshape((1, -1) + (1,) * (stacked.ndim - 2)), axis=0)[0]
-
-
 @functools.lru_cache(maxsize=64)
 def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size: int, greedy: bool,
              lenience_kind: Optional[str], eos_ids: tuple, pad_id: int,
              score_fn: Optional[Callable], route_on_current: bool, spec: Optional[tree_lib.TreeSpec]):
   """gamma: drafts on the longest path of a round (a tree's depth when `spec` is set)."""
-  num_drafts = len(draft_defs)
 
   def run(target_state, draft_states, tokens, lengths, rng, temperature, eps):
-    target = nnx.merge(target_def, target_state)
-    drafts = [nnx.merge(d, s) for d, s in zip(draft_defs, draft_states)]
-    layers = proposer.feature_layers(drafts)  # target features the feature drafts read
-    width = proposer.pending_width(drafts, gamma, spec is not None)  # pending tokens a drafter may re-feed
-    b = tokens.shape[0]
-    prefix = lengths - 1
-    last_token = jnp.take_along_axis(tokens, prefix[:, None], axis=1)[:, 0]
-    t_out = target.forward_cached(tokens, models.init_cache(target.config, b, cache_size), prefix,
-                                  feature_layers=layers)
-    t_cache, t_feats = t_out[1], (t_out[2] if layers else None)
-    prefilled = [proposer.prefill(d, tokens, prefix, cache_size, t_feats, layers) for d in drafts]
-    d_caches = tuple(p[0] for p in prefilled)
-    hiddens = tuple(None if h is None else jnp.pad(h, ((0, 0), (0, width - 1), (0, 0))) for _, h in prefilled)
-    pending = jnp.zeros((b, width), jnp.int32).at[:, 0].set(last_token)
-    zeros_b = jnp.zeros((b,), jnp.int32)
-    init = _State(
-        target_cache=t_cache, draft_caches=d_caches, pending=(pending,) * num_drafts,
-        n_pending=(jnp.ones((b,), jnp.int32),) * num_drafts, pending_hidden=hiddens, last_token=last_token,
-        out=jnp.full((b, max_new + gamma + 1), pad_id, jnp.int32), n_out=zeros_b,
-        done=jnp.zeros((b,), jnp.bool_), rng=rng, prev_scores=jnp.zeros((b, num_drafts)),
-        counters=_Counters(jnp.int32(0), zeros_b, zeros_b, zeros_b, zeros_b,
-                           jnp.zeros((gamma,), jnp.int32), jnp.zeros((gamma,), jnp.int32),
-                           jnp.zeros((gamma + 1,), jnp.int32), jnp.float32(0.0),
-                           jnp.zeros((num_drafts,), jnp.int32), jnp.int32(0)))
-
-    def cond(s):
-      return ~jnp.all(s.done) & (s.counters.rounds < max_new)
-
-    def chain_round(s, k_draft, k_accept):
-      """gamma drafts from one drafter (routed per row among several); verified as a chain."""
-      with jax.named_scope("draft_propose"):
-        props = [proposer.propose(d, c, p, n, h, k, gamma, greedy, temperature) for d, c, p, n, h, k in zip(
-            drafts, s.draft_caches, s.pending, s.n_pending, s.pending_hidden,
-            jax.random.split(k_draft, num_drafts))]
-      all_tokens = jnp.stack([p[0] for p in props])  # [K, B, G]
-      all_logits = jnp.stack([p[1] for p in props])  # [K, B, G, V]
-      if num_drafts == 1:
-        choice, scores = jnp.zeros((b,), jnp.int32), s.prev_scores
-      else:
-        scores = jnp.stack([score_fn(props[k][1], props[k][0]) for k in range(num_drafts)], axis=1)
-        choice = jnp.argmax(scores if route_on_current else s.prev_scores, axis=1).astype(jnp.int32)
-      d_tokens, d_logits = _pick(all_tokens, choice), _pick(all_logits, choice)
-      verify_in = jnp.concatenate([s.last_token[:, None], d_tokens], axis=1)
-      with jax.named_scope("target_verify"):
-        t_logits, t_cache, *feats = target.forward_cached(verify_in, s.target_cache, feature_layers=layers)
-      with jax.named_scope("accept_and_advance"):
-        if greedy:
-          n, t_next = acceptance.greedy(d_tokens, t_logits)
-          same = jnp.argmax(d_logits, -1) == jnp.argmax(t_logits[:, :gamma], -1)
-          tvd = 1.0 - same.astype(jnp.float32)
-        else:
-          log_p = dist.scaled_log_probs(t_logits, temperature)
-          log_q = dist.scaled_log_probs(d_logits, temperature)
-          n, t_next, tvd = acceptance.stochastic(k_accept, d_tokens, log_q, log_p, lenience_kind, eps)
-
-      def advance_target(n, active):  # roll back: keep last_token and the n accepted drafts
-        old = s.target_cache.lengths
-        return t_cache.with_lengths(jnp.where(active, old + 1 + n, old))
-
-      def advance_drafts(realised, n, active):
-        rows = [proposer.advance_chain(drafts[k], props[k][2], s.draft_caches[k].lengths, s.n_pending[k],
-                                       all_tokens[k], realised, n, active, feats[0] if feats else None, layers,
-                                       width, gamma) for k in range(num_drafts)]
-        return tuple(list(x) for x in zip(*rows))
-
-      supplied = jax.nn.one_hot(choice, num_drafts, dtype=jnp.int32)
-      nodes = jnp.full((b,), gamma, jnp.int32)
-      return n, t_next, d_tokens, tvd, scores, supplied, nodes, advance_target, advance_drafts
-
-    def tree_round(s, k_draft, k_accept):
-      """One dynamic tree per drafter, merged, verified in one target pass (sampling/tree.py)."""
-      with jax.named_scope("draft_propose"):
-        grown = [tree_lib.draft_tree(d, c, p, n, h, k, spec, greedy, temperature) for d, c, p, n, h, k in zip(
-            drafts, s.draft_caches, s.pending, s.n_pending, s.pending_hidden,
-            jax.random.split(k_draft, num_drafts))]
-        trees = [g[0] for g in grown]
-        forest = tree_lib.merge(trees, spec)
-      with jax.named_scope("target_verify"):
-        verify_in, positions, mask = tree_lib.verify_inputs(forest, s.last_token, s.target_cache.lengths,
-                                                            cache_size, spec.depth)
-        t_logits, t_cache, *feats = target.forward_cached(verify_in, s.target_cache, positions=positions,
-                                                          mask=mask, feature_layers=layers)
-      with jax.named_scope("accept_and_advance"):
-        n, path, t_next = tree_lib.accept(k_accept, forest, t_logits, spec, greedy, temperature, num_drafts)
-      d_tokens = jnp.where(path >= 0, jnp.take_along_axis(forest.tokens, jnp.maximum(path, 0), axis=1), pad_id)
-
-      def advance_target(n, active):
-        old = s.target_cache.lengths
-        moved = tree_lib.compact_target(t_cache, old, path, jnp.where(active, n, 0))
-        return moved.with_lengths(jnp.where(active, old + 1 + n, old))
-
-      def advance_drafts(realised, n, active):
-        caches, pendings, n_pendings, hiddens = [], [], [], []
-        start = 0
-        for k in range(num_drafts):
-          cache, pend, n_pend = tree_lib.advance_drafter(drafts[k], grown[k][1], forest, trees[k], k, start, path,
-                                                         jnp.where(active, n, 0), realised)
-          hiddens.append(proposer.tree_pending_hidden(drafts[k], feats[0] if feats else None, layers, path, width))
-          old = s.draft_caches[k].lengths
-          caches.append(cache.with_lengths(jnp.where(active, cache.lengths, old)))
-          pendings.append(pend)
-          n_pendings.append(n_pend)
-          start += trees[k].tokens.shape[1]
-        return caches, pendings, n_pendings, hiddens
-
-      supplied = jnp.stack([tree_lib.holds_path(forest, k, path) & (n > 0) for k in range(num_drafts)], axis=1)
-      nodes = jnp.sum(forest.valid & (forest.canon == jnp.arange(forest.tokens.shape[1])), axis=1)
-      tvd = jnp.zeros((b, gamma), jnp.float32)  # no single q per depth in a tree
-      return (n, t_next, d_tokens, tvd, s.prev_scores, supplied.astype(jnp.int32), nodes, advance_target,
-              advance_drafts)
+    drafts = tuple(nnx.merge(d, s) for d, s in zip(draft_defs, draft_states))
+    ctx = rounds.RoundContext(nnx.merge(target_def, target_state), drafts, proposer.feature_layers(drafts),
+                              proposer.pending_width(drafts, gamma, spec is not None), gamma, greedy, temperature,
+                              eps, lenience_kind, score_fn, route_on_current, spec, cache_size, pad_id)
+    steps = rounds.round_steps(ctx)
 
     def body(s):
       rng, k_draft, k_accept = jax.random.split(s.rng, 3)
-      n, t_next, d_tokens, tvd, scores, supplied, nodes, advance_target, advance_drafts = (
-          chain_round if spec is None else tree_round)(s, k_draft, k_accept)
+      proposal = steps.propose(ctx, s, k_draft)
+      verification = steps.verify(ctx, s, proposal)
+      with jax.named_scope("accept_and_advance"):
+        verdict = steps.accept(ctx, proposal, verification, k_accept)
+        active = ~s.done
+        realised, out, n_out, emitted, done = _emit(s, verdict, active, max_new, eos_ids, pad_id)
+        adv = steps.advance(ctx, s, proposal, verification, verdict, realised, active)
+      keep = lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)  # noqa: E731
+      return _State(adv.target_cache, tuple(adv.caches), tuple(map(keep, adv.pending, s.pending)),
+                    tuple(map(keep, adv.n_pending, s.n_pending)),
+                    tuple(None if h is None else keep(h, o) for h, o in zip(adv.hidden, s.pending_hidden)),
+                    jnp.where(active, verdict.next_token, s.last_token), out, n_out, done, rng, verdict.scores,
+                    _count(s.counters, verdict, emitted, active, max_new - s.n_out, eos_ids))
 
-      # realised tokens this round: d_1..d_n, t  (positions past n are padding)
-      pos = jnp.arange(gamma + 1)[None, :]
-      realised = jnp.concatenate([d_tokens, jnp.full((b, 1), pad_id, jnp.int32)], axis=1)
-      realised = jnp.where(pos < n[:, None], realised, pad_id)
-      realised = jnp.where(pos == n[:, None], t_next[:, None], realised)
-      active = ~s.done
-      budget = max_new - s.n_out
-      eos_here = dist.is_eos(realised, eos_ids) & (pos <= n[:, None])
-      eos_len = jnp.where(eos_here.any(1), jnp.argmax(eos_here, axis=1) + 1, gamma + 2)
-      emitted = jnp.where(active, jnp.minimum(jnp.minimum(n + 1, budget), eos_len), 0)
-      write_at = jnp.where(active[:, None], s.n_out[:, None] + pos, s.out.shape[1])
-      out = s.out.at[jnp.arange(b)[:, None], write_at].set(realised, mode="drop")
-      n_out = s.n_out + emitted
-      done = s.done | (active & ((eos_len <= emitted) | (n_out >= max_new)))
-
-      t_cache = advance_target(n, active)
-      last_token = jnp.where(active, t_next, s.last_token)
-      caches, pendings, n_pendings, hiddens = advance_drafts(realised, n, active)
-      pendings = [jnp.where(active[:, None], p, old) for p, old in zip(pendings, s.pending)]
-      n_pendings = [jnp.where(active, p, old) for p, old in zip(n_pendings, s.n_pending)]
-      hiddens = [None if h is None else jnp.where(active[:, None, None], h, old)
-                 for h, old in zip(hiddens, s.pending_hidden)]
-
-      # statistics over usable proposals
-      acc_eos = dist.is_eos(d_tokens, eos_ids) & (pos[:, :gamma] < n[:, None])
-      usable = jnp.minimum(budget, jnp.where(acc_eos.any(1), jnp.argmax(acc_eos, 1) + 1, gamma))
-      tested = jnp.where(active, jnp.minimum(jnp.where(n < gamma, n + 1, gamma), usable), 0)
-      accepted = jnp.where(active, jnp.minimum(n, usable), 0)
-      gpos = pos[:, :gamma]
-      c = s.counters
-      counters = _Counters(
-          rounds=c.rounds + 1, active_rounds=c.active_rounds + active.astype(jnp.int32),
-          emitted=c.emitted + emitted, accepted=c.accepted + accepted, tested=c.tested + tested,
-          pos_accepted=c.pos_accepted + jnp.sum(gpos < accepted[:, None], 0).astype(jnp.int32),
-          pos_tested=c.pos_tested + jnp.sum(gpos < tested[:, None], 0).astype(jnp.int32),
-          histogram=c.histogram.at[n].add(active.astype(jnp.int32)),
-          tvd_sum=c.tvd_sum + jnp.sum(jnp.where(gpos < tested[:, None], tvd, 0.0)),
-          routed=c.routed + jnp.sum(jnp.where(active[:, None], supplied, 0), axis=0),
-          nodes=c.nodes + jnp.sum(jnp.where(active, nodes, 0)))
-      return _State(t_cache, tuple(caches), tuple(pendings), tuple(n_pendings), tuple(hiddens), last_token,
-                    out, n_out, done, rng, scores, counters)
-
-    final = jax.lax.while_loop(cond, body, init)
+    final = jax.lax.while_loop(lambda s: ~jnp.all(s.done) & (s.counters.rounds < max_new), body,
+                               _initial_state(ctx, tokens, lengths, rng, max_new))
     return final.out[:, :max_new], final.n_out, final.counters
 
   return CompiledProgram(run)
+
+
+def _initial_state(ctx: rounds.RoundContext, tokens, lengths, rng, max_new: int) -> _State:
+  """Prefill: the target and every drafter read the prompt but its last token (`last_token`)."""
+  b, k, gamma = tokens.shape[0], ctx.num_drafts, ctx.gamma
+  prefix = lengths - 1
+  last_token = jnp.take_along_axis(tokens, prefix[:, None], axis=1)[:, 0]
+  t_out = ctx.target.forward_cached(tokens, models.init_cache(ctx.target.config, b, ctx.cache_size), prefix,
+                                    feature_layers=ctx.layers)
+  t_feats = t_out[2] if ctx.layers else None
+  prefilled = [proposer.prefill(d, tokens, prefix, ctx.cache_size, t_feats, ctx.layers) for d in ctx.drafts]
+  hiddens = tuple(None if h is None else jnp.pad(h, ((0, 0), (0, ctx.width - 1), (0, 0))) for _, h in prefilled)
+  zeros_b = jnp.zeros((b,), jnp.int32)
+  counters = _Counters(jnp.int32(0), zeros_b, zeros_b, zeros_b, zeros_b, jnp.zeros((gamma,), jnp.int32),
+                       jnp.zeros((gamma,), jnp.int32), jnp.zeros((gamma + 1,), jnp.int32), jnp.float32(0.0),
+                       jnp.zeros((k,), jnp.int32), jnp.int32(0))
+  pending = jnp.zeros((b, ctx.width), jnp.int32).at[:, 0].set(last_token)
+  return _State(t_out[1], tuple(p[0] for p in prefilled), (pending,) * k, (jnp.ones((b,), jnp.int32),) * k,
+                hiddens, last_token, jnp.full((b, max_new + gamma + 1), ctx.pad_id, jnp.int32), zeros_b,
+                jnp.zeros((b,), jnp.bool_), rng, jnp.zeros((b, k)), counters)
+
+
+def _emit(s: _State, v: rounds.Verdict, active, max_new: int, eos_ids: tuple, pad_id: int):
+  """The round's realised tokens d_1..d_n, t (padding past n) written to the output, up to the
+  token budget and the first eos. -> (realised [B, G+1], out, n_out, emitted [B], done)"""
+  b, gamma = v.drafts.shape
+  pos = jnp.arange(gamma + 1)[None, :]
+  realised = jnp.concatenate([v.drafts, jnp.full((b, 1), pad_id, jnp.int32)], axis=1)
+  realised = jnp.where(pos < v.n[:, None], realised, pad_id)
+  realised = jnp.where(pos == v.n[:, None], v.next_token[:, None], realised)
+  eos_here = dist.is_eos(realised, eos_ids) & (pos <= v.n[:, None])
+  eos_len = jnp.where(eos_here.any(1), jnp.argmax(eos_here, axis=1) + 1, gamma + 2)
+  emitted = jnp.where(active, jnp.minimum(jnp.minimum(v.n + 1, max_new - s.n_out), eos_len), 0)
+  write_at = jnp.where(active[:, None], s.n_out[:, None] + pos, s.out.shape[1])
+  out = s.out.at[jnp.arange(b)[:, None], write_at].set(realised, mode="drop")
+  n_out = s.n_out + emitted
+  return realised, out, n_out, emitted, s.done | (active & ((eos_len <= emitted) | (n_out >= max_new)))
+
+
+def _count(c: _Counters, v: rounds.Verdict, emitted, active, budget, eos_ids: tuple) -> _Counters:
+  """The statistics after a round, over usable proposals (none after a rejection, past the
+  token budget or after an accepted eos)."""
+  gamma = v.drafts.shape[1]
+  gpos = jnp.arange(gamma)[None, :]
+  acc_eos = dist.is_eos(v.drafts, eos_ids) & (gpos < v.n[:, None])
+  usable = jnp.minimum(budget, jnp.where(acc_eos.any(1), jnp.argmax(acc_eos, 1) + 1, gamma))
+  tested = jnp.where(active, jnp.minimum(jnp.where(v.n < gamma, v.n + 1, gamma), usable), 0)
+  accepted = jnp.where(active, jnp.minimum(v.n, usable), 0)
+  return _Counters(
+      rounds=c.rounds + 1, active_rounds=c.active_rounds + active.astype(jnp.int32),
+      emitted=c.emitted + emitted, accepted=c.accepted + accepted, tested=c.tested + tested,
+      pos_accepted=c.pos_accepted + jnp.sum(gpos < accepted[:, None], 0).astype(jnp.int32),
+      pos_tested=c.pos_tested + jnp.sum(gpos < tested[:, None], 0).astype(jnp.int32),
+      histogram=c.histogram.at[v.n].add(active.astype(jnp.int32)),
+      tvd_sum=c.tvd_sum + jnp.sum(jnp.where(gpos < tested[:, None], v.tvd, 0.0)),
+      routed=c.routed + jnp.sum(jnp.where(active[:, None], v.supplied, 0), axis=0),
+      nodes=c.nodes + jnp.sum(jnp.where(active, v.nodes, 0)))
 
 
 def _summarise(c: _Counters, gamma: int, wall: float, compile_s: float, num_drafts: int,

@@ -1,0 +1,233 @@
+"""The transformer's building blocks, public for every model in the package.
+
+RMSNorm, grouped-query attention with RoPE (`Attention`: full-sequence, cached and
+unrolled forwards), the SwiGLU `MLP`, the pre-norm residual `Block`, and the two
+helpers every layer uses: `param` (a parameter with its logical sharding axes) and
+`mm` (an einsum in the compute dtype with fp32 accumulation, forward and backward,
+and the CPU's one-token trick: the backend-specific layout lives here only).
+Models (transformer.py, feature_draft.py, block_draft.py) compose these.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from specdistill_jax.models import kv_cache as kvc
+from specdistill_jax.models import rope
+from specdistill_jax.models.config import ModelConfig
+
+_NEG_INF = jnp.finfo(jnp.float32).min
+
+
+def param(rngs: nnx.Rngs, shape, axes, config: ModelConfig, scale: Optional[float] = None,
+          zeros: bool = False, ones: bool = False) -> nnx.Param:
+  dtype = config.jnp_param_dtype
+  if ones:
+    value = jnp.ones(shape, dtype)
+  elif zeros:
+    value = jnp.zeros(shape, dtype)
+  else:
+    value = (jax.random.normal(rngs.params(), shape, jnp.float32) * scale).astype(dtype)
+  return nnx.Param(value, logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+  """y = x / rms(x) * weight, computed in fp32."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dim: Optional[int] = None):
+    """dim: the normalised width (default d_model; a per-head q/k norm uses head_dim)."""
+    self.eps = config.rms_norm_eps
+    self.weight = param(rngs, (dim or config.d_model,), ("norm",), config, ones=True)
+
+  def __call__(self, x):
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return (xf * self.weight[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def _low_precision_einsum(spec: str, out_dtype=None):
+  """einsum(spec) on low-precision inputs with fp32 accumulation, forward *and* backward.
+
+  JAX's own transpose of a dot with preferred_element_type=fp32 feeds fp32
+  cotangents into the backward matmuls, which then run at fp32 speed; here the
+  cotangent is cast to the input dtype so both backward matmuls also run as
+  bf16 x bf16 -> fp32 (AMX on CPU, tensor cores on GPU/TPU).
+  """
+  inputs, out = spec.split("->")
+  a, b = inputs.split(",")
+  spec_da, spec_db = f"{out},{b}->{a}", f"{a},{out}->{b}"
+
+  @jax.custom_vjp
+  def f(x, w):
+    return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32).astype(out_dtype or x.dtype)
+
+  def fwd(x, w):
+    return f(x, w), (x, w)
+
+  def bwd(res, g):
+    x, w = res
+    g = g.astype(x.dtype)
+    dx = jnp.einsum(spec_da, g, w, preferred_element_type=jnp.float32).astype(x.dtype)
+    dw = jnp.einsum(spec_db, x, g, preferred_element_type=jnp.float32).astype(w.dtype)
+    return dx, dw
+
+  f.defvjp(fwd, bwd)
+  return f
+
+
+_LOW_PRECISION = {}
+
+
+def mm(spec: str, x, w, dtype, out_dtype=None):
+  """einsum in the compute dtype with fp32 accumulation; inputs cast from their storage dtype.
+
+  The result has `out_dtype` (default: the compute dtype).
+  """
+  x, w = x.astype(dtype), w.astype(dtype)
+  if jnp.dtype(dtype) == jnp.float32:
+    return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32).astype(out_dtype or dtype)
+  key = (spec, jnp.dtype(out_dtype or dtype).name)
+  if key not in _LOW_PRECISION:
+    _LOW_PRECISION[key] = _low_precision_einsum(spec, out_dtype)
+  rows = _token_axis(spec)
+  if rows is not None and x.shape[rows] == 1 and math.prod(x.shape[:rows]) == 1:
+    # One token (B=1 decode): XLA:CPU runs a low-precision matrix-vector dot ~10x slower
+    # than a two-row matmul (experiments/results/target_benchmark.md), so run two rows
+    # (the token twice) and keep one.
+    out = _LOW_PRECISION[key](jnp.concatenate([x, x], axis=rows), w)
+    return jax.lax.slice_in_dim(out, 0, 1, axis=rows)
+  return _LOW_PRECISION[key](x, w)
+
+
+def _token_axis(spec: str):
+  """Axis of the token dimension in a weight matmul's activations ('bt...' or 't...'), else None."""
+  lhs, out = spec.split(",")[0], spec.split("->")[1]
+  if lhs.startswith("bt") and out.startswith("bt"):
+    return 1
+  if lhs.startswith("t") and out.startswith("t"):
+    return 0
+  return None
+
+
+def attend(q, k, v, mask):
+  """Grouped-query attention. q [B,T,H,D], k/v [B,S,Hkv,D], mask [B,T,S] -> [B,T,H,D]."""
+  b, t, h, d = q.shape
+  hkv = k.shape[2]
+  q = q.reshape(b, t, hkv, h // hkv, d)
+  scores = mm("btkgd,bskd->bkgts", q, k, q.dtype, jnp.float32)
+  scores = scores * (d ** -0.5)
+  scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = mm("bkgts,bskd->btkgd", probs, v, v.dtype)
+  return out.reshape(b, t, h, d)
+
+
+class Attention(nnx.Module):
+  """Multi-head attention with grouped key/value heads, RoPE and optional q/k/v bias."""
+
+  def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs, in_dim: Optional[int] = None):
+    """in_dim: width of the input (default d_model; an EAGLE-3 first layer reads 2 d_model)."""
+    c = config
+    self.config = c
+    self.window = c.window_for_layer(layer)
+    d_in = in_dim or c.d_model
+    s_in = d_in ** -0.5
+    s_out = (c.num_heads * c.head_dim) ** -0.5
+    self.q = param(rngs, (d_in, c.num_heads, c.head_dim), ("embed", "heads", "head_dim"), c, s_in)
+    self.k = param(rngs, (d_in, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), c, s_in)
+    self.v = param(rngs, (d_in, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), c, s_in)
+    self.o = param(rngs, (c.num_heads, c.head_dim, c.d_model), ("heads", "head_dim", "embed"), c, s_out)
+    if c.qkv_bias:
+      self.q_bias = param(rngs, (c.num_heads, c.head_dim), ("heads", "head_dim"), c, zeros=True)
+      self.k_bias = param(rngs, (c.num_kv_heads, c.head_dim), ("kv_heads", "head_dim"), c, zeros=True)
+      self.v_bias = param(rngs, (c.num_kv_heads, c.head_dim), ("kv_heads", "head_dim"), c, zeros=True)
+
+  def _project(self, x, positions):
+    dt = self.config.jnp_dtype
+    q = mm("btd,dhk->bthk", x, self.q[...], dt)
+    k = mm("btd,dhk->bthk", x, self.k[...], dt)
+    v = mm("btd,dhk->bthk", x, self.v[...], dt)
+    if self.config.qkv_bias:
+      q = q + self.q_bias[...].astype(dt)
+      k = k + self.k_bias[...].astype(dt)
+      v = v + self.v_bias[...].astype(dt)
+    cos, sin = rope.rotary_tables(self.config, positions)
+    return rope.apply_rotary(q, cos, sin), rope.apply_rotary(k, cos, sin), v
+
+  def _output(self, out):
+    return mm("bthk,hkd->btd", out, self.o[...], self.config.jnp_dtype)
+
+  def __call__(self, x, positions, segment_ids=None):
+    q, k, v = self._project(x, positions)
+    mask = kvc.sequence_attention_mask(positions, segment_ids, self.window)
+    return self._output(attend(q, k, v, mask))
+
+  def cached(self, x, positions, keys, values, slots=None, mask=None):
+    """x [B,T,D] at rotary positions [B,T], written at cache slots [B,T] (default: the positions).
+
+    mask [B,T,S] (default: causal over slots) lets a tree of tokens see only its ancestors.
+    Returns (out, keys', values').
+    """
+    slots = positions if slots is None else slots
+    q, k, v = self._project(x, positions)
+    keys = kvc.scatter_rows(keys, k, slots)
+    values = kvc.scatter_rows(values, v, slots)
+    if mask is None:
+      mask = kvc.cached_attention_mask(positions, keys.shape[1], self.window)
+    return self._output(attend(q, keys, values, mask)), keys, values
+
+
+  def unrolled(self, x, positions, keys, values, mask):
+    """Attend over [keys; this call's keys] (a training-time-test unroll, feature_draft.py).
+
+    keys/values [B, S0, Hkv, D] (S0 may be 0); mask [B, T, S0 + T]. Returns (out, keys', values').
+    """
+    q, k, v = self._project(x, positions)
+    keys = jnp.concatenate([keys, k.astype(keys.dtype)], axis=1)
+    values = jnp.concatenate([values, v.astype(values.dtype)], axis=1)
+    return self._output(attend(q, keys, values, mask)), keys, values
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    c = config
+    self.dtype = c.jnp_dtype
+    self.gate = param(rngs, (c.d_model, c.mlp_dim), ("embed", "mlp"), c, c.d_model ** -0.5)
+    self.up = param(rngs, (c.d_model, c.mlp_dim), ("embed", "mlp"), c, c.d_model ** -0.5)
+    self.down = param(rngs, (c.mlp_dim, c.d_model), ("mlp", "embed"), c, c.mlp_dim ** -0.5)
+
+  def __call__(self, x):
+    dt = self.dtype
+    h = jax.nn.silu(mm("btd,df->btf", x, self.gate[...], dt)) * mm("btd,df->btf", x, self.up[...], dt)
+    return mm("btf,fd->btd", h, self.down[...], dt)
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: x + attn(norm(x)); x + mlp(norm(x))."""
+
+  def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(config, rngs=rngs)
+    self.attn = Attention(config, layer, rngs=rngs)
+    self.mlp_norm = RMSNorm(config, rngs=rngs)
+    self.mlp = MLP(config, rngs=rngs)
+
+  def __call__(self, x, positions, segment_ids=None):
+    x = x + self.attn(self.attn_norm(x), positions, segment_ids)
+    return x + self.mlp(self.mlp_norm(x))
+
+  def cached(self, x, positions, keys, values, slots=None, mask=None):
+    h, keys, values = self.attn.cached(self.attn_norm(x), positions, keys, values, slots, mask)
+    x = x + h
+    return x + self.mlp(self.mlp_norm(x)), keys, values
+
+  def unrolled(self, x, positions, keys, values, mask):
+    h, keys, values = self.attn.unrolled(self.attn_norm(x), positions, keys, values, mask)
+    x = x + h
+    return x + self.mlp(self.mlp_norm(x)), keys, values
