@@ -28,9 +28,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from specdistill_jax.distill import divergences as div
+from specdistill_jax.distill import feature_loss
 
 
 def slot_weights(block_size: int, decay: float) -> np.ndarray:
@@ -56,12 +55,8 @@ def sample_anchors(key, tokens, segment_ids, loss_mask, num_anchors: int):
 def block_token_values(objective, graphdef, params, batch, target, with_nll: bool = False,
                        key=None) -> tuple[dict, jax.Array]:
   """Per-(anchor, slot) values [B * A * (block_size - 1)] and their mask, like step.token_values."""
-  draft = nnx.merge(graphdef, params)
-  t_model = nnx.merge(*target)
+  draft, t_model, t_h, feats = feature_loss.target_pass(graphdef, params, batch, target)
   tokens, seg = batch["tokens"], batch["segment_ids"]
-  t_h, feats = t_model.hidden(tokens, positions=batch["positions"], segment_ids=seg,
-                              feature_layers=draft.feature_layers)
-  feats, t_h = jax.lax.stop_gradient(feats), jax.lax.stop_gradient(t_h)
   bs = draft.block_size
   num = objective.num_anchors or max(1, tokens.shape[1] // bs)
   anchors, real = sample_anchors(jax.random.PRNGKey(0) if key is None else key, tokens, seg,
@@ -77,17 +72,6 @@ def block_token_values(objective, graphdef, params, batch, target, with_nll: boo
   response = jnp.take_along_axis(batch["loss_mask"], nxt, axis=1).reshape(b, a, bs - 1) > 0
   mask = valid & real[:, :, None] & response
   d_target = draft.to_draft_ids(answer)
-  log_q_raw = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-  nll = jnp.where(d_target >= 0, -jnp.take_along_axis(log_q_raw, jnp.maximum(d_target, 0)[..., None], -1)[..., 0],
-                  0.0)
-  log_p, log_q = div.log_probs(logits, teacher, objective.temperature)
-  values = {"tvd": jax.lax.stop_gradient(div.tvd(log_p, log_q))}
-  if with_nll:
-    values["nll"] = nll
-  if objective.loss == "ce":
-    values["loss"] = nll
-    mask = mask & (d_target >= 0)
-  else:
-    values["loss"] = div.token_divergence(objective.loss, log_p, log_q, objective.beta)
+  values, mask = feature_loss.head_values(objective, logits, teacher, d_target, mask, with_nll)
   values["loss"] = values["loss"] * jnp.asarray(slot_weights(bs, objective.block_decay))
   return {k: v.reshape(-1) for k, v in values.items()}, mask.reshape(-1).astype(jnp.float32)

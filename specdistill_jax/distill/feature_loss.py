@@ -53,6 +53,41 @@ def _shift(x, s: int, total: int):
   return jnp.pad(part, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)) if pad else part
 
 
+def target_pass(graphdef, params, batch, target):
+  """(draft, target model, the target's final hidden states [B, T, D], its features at the
+  draft's layers [B, T, F]) for one batch; the target is frozen (no gradient)."""
+  draft = nnx.merge(graphdef, params)
+  t_model = nnx.merge(*target)
+  t_h, feats = t_model.hidden(batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"],
+                              feature_layers=draft.feature_layers)
+  return draft, t_model, jax.lax.stop_gradient(t_h), jax.lax.stop_gradient(feats)
+
+
+def head_values(objective, student, teacher, d_target, mask, with_nll: bool, reference=None):
+  """Per-position values of a draft head's logits `student` [..., Vd] against the target's
+  `teacher` [..., Vd]: tvd, nll (with_nll) and the objective's loss; d_target: the data's next
+  tokens in the draft vocabulary (-1: outside it). reference: AdaSPEC's reference logits.
+  -> (values, mask): 'ce' skips the tokens outside the draft vocabulary."""
+  log_q_raw = jax.nn.log_softmax(student.astype(jnp.float32), -1)
+  # tokens outside the draft vocabulary (q = 0) count 0 in the CE metric, and 'ce' skips them
+  nll = jnp.where(d_target >= 0, -jnp.take_along_axis(log_q_raw, jnp.maximum(d_target, 0)[..., None], -1)[..., 0],
+                  0.0)
+  log_p, log_q = div.log_probs(student, teacher, objective.temperature)
+  values = {"tvd": jax.lax.stop_gradient(div.tvd(log_p, log_q))}
+  if with_nll:
+    values["nll"] = nll
+  if objective.loss == "ce":
+    values["loss"] = nll
+    mask = mask & (d_target >= 0)
+  elif objective.loss == "adaspec":
+    _, log_r = div.log_probs(reference, teacher, objective.temperature)
+    values["loss"] = div.kl(log_p, log_q)
+    values["delta"] = jax.lax.stop_gradient(values["loss"] - div.kl(log_p, log_r))
+  else:
+    values["loss"] = div.token_divergence(objective.loss, log_p, log_q, objective.beta)
+  return values, mask
+
+
 def feature_token_values(objective, graphdef, params, batch, target, reference=None,
                          with_nll: bool = False, key=None) -> tuple[dict, jax.Array]:
   """Per-(step, token) values [S * B * (T-1)] and their mask, like step.token_values.
@@ -60,12 +95,8 @@ def feature_token_values(objective, graphdef, params, batch, target, reference=N
   objective.ttt_inputs 'draft' (on-policy): steps >= 1 read the draft's own samples (`key`),
   and their teacher is the target run over those proposals (`proposal_teacher.target_over_proposals`).
   """
-  draft = nnx.merge(graphdef, params)
-  t_model = nnx.merge(*target)
+  draft, t_model, t_h, feats = target_pass(graphdef, params, batch, target)
   tokens, seg = batch["tokens"], batch["segment_ids"]
-  t_h, feats = t_model.hidden(tokens, positions=batch["positions"], segment_ids=seg,
-                              feature_layers=draft.feature_layers)
-  feats, t_h = jax.lax.stop_gradient(feats), jax.lax.stop_gradient(t_h)
   steps = objective.ttt_steps
   on_policy = objective.ttt_inputs == "draft"
   if on_policy and key is None:
@@ -84,7 +115,6 @@ def feature_token_values(objective, graphdef, params, batch, target, reference=N
   weights = step_weights(steps, objective.ttt_decay)
   out: dict = {}
   masks = []
-  t = objective.temperature
   teacher_all = t_model.project(t_h, vocab_ids=draft.draft_ids)  # only the draft vocabulary's head rows
   draft_ids = draft.to_draft_ids(tokens)  # the data's tokens in the draft vocabulary (-1: absent)
   for s in range(steps):
@@ -96,23 +126,8 @@ def feature_token_values(objective, graphdef, params, batch, target, reference=N
     mask = chain_ok[s] & (_shift(batch["loss_mask"], 2 + s, n) > 0)
     student = logits[s]
     d_target = _shift(draft_ids, 2 + s, n)
-    log_q_raw = jax.nn.log_softmax(student.astype(jnp.float32), -1)
-    # tokens outside the draft vocabulary (q = 0) count 0 in the CE metric, and 'ce' skips them
-    nll = jnp.where(d_target >= 0, -jnp.take_along_axis(log_q_raw, jnp.maximum(d_target, 0)[..., None], -1)[..., 0],
-                    0.0)
-    log_p, log_q = div.log_probs(student, teacher, t)
-    values = {"tvd": jax.lax.stop_gradient(div.tvd(log_p, log_q))}
-    if with_nll:
-      values["nll"] = nll
-    if objective.loss == "ce":
-      values["loss"] = nll
-      mask = mask & (d_target >= 0)
-    elif objective.loss == "adaspec":
-      _, log_r = div.log_probs(ref_logits[s], teacher, t)
-      values["loss"] = div.kl(log_p, log_q)
-      values["delta"] = jax.lax.stop_gradient(values["loss"] - div.kl(log_p, log_r))
-    else:
-      values["loss"] = div.token_divergence(objective.loss, log_p, log_q, objective.beta)
+    values, mask = head_values(objective, student, teacher, d_target, mask, with_nll,
+                               ref_logits[s] if ref_logits is not None else None)
     values["loss"] = values["loss"] * weights[s]
     for k, v in values.items():
       out.setdefault(k, []).append(v.reshape(-1))

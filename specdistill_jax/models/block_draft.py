@@ -43,7 +43,7 @@ from specdistill_jax.models import kv_cache as kvc
 from specdistill_jax.models import rope
 from specdistill_jax.models.config import ModelConfig
 from specdistill_jax.models.draft_vocab import DraftVocab, check_draft_ids, draft_ids_for, start_from_target
-from specdistill_jax.models.feature_draft import default_feature_layers
+from specdistill_jax.models.feature_draft import draft_decoder_config
 from specdistill_jax.models.layers import MLP, Attention, RMSNorm, attend, mm, param
 from specdistill_jax.models.transformer import check_feature_layers
 
@@ -233,13 +233,8 @@ def create_block_draft(target_config: ModelConfig, *, num_layers: int = 1, block
   has random ones, and its dflash export (which takes them from the verifier) refuses it.
   mask_token_id: the id embedded at the block's drafted slots (default: the pad id).
   """
-  if int(num_layers) != num_layers or num_layers < 1:
-    raise ValueError(f"num_layers={num_layers} must be an integer >= 1")
   tc = target_config
-  feature_layers = tuple(feature_layers) if feature_layers is not None else default_feature_layers(tc.num_layers)
-  check_feature_layers(feature_layers, tc.num_layers)
-  config = tc.replace(num_layers=int(num_layers), dtype=dtype or tc.dtype, param_dtype=param_dtype or tc.param_dtype,
-                      tie_embeddings=False, sliding_window=None, sliding_window_layers=None, scan_layers=False)
+  config, feature_layers = draft_decoder_config(tc, num_layers, feature_layers, dtype, param_dtype)
   draft = BlockDraft(config, feature_layers=feature_layers, target_layers=tc.num_layers, block_size=block_size,
                      mask_token_id=tc.pad_token_id if mask_token_id is None else mask_token_id,
                      draft_ids=draft_ids_for(tc, draft_vocab_size, token_counts), rngs=nnx.Rngs(seed))

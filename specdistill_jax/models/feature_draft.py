@@ -213,6 +213,19 @@ class FeatureDraft(DraftVocab, nnx.Module):
     return kvc.KVCache.create(c.num_layers, batch, size, c.num_kv_heads, c.head_dim, c.jnp_dtype)
 
 
+def draft_decoder_config(target_config: ModelConfig, num_layers: int, feature_layers, dtype, param_dtype):
+  """(the decoder-layer config of a draft that reads `target_config`'s features, its feature
+  layers: the given ones, checked, or `default_feature_layers`)."""
+  if int(num_layers) != num_layers or num_layers < 1:
+    raise ValueError(f"num_layers={num_layers} must be an integer >= 1")
+  tc = target_config
+  feature_layers = tuple(feature_layers) if feature_layers is not None else default_feature_layers(tc.num_layers)
+  check_feature_layers(feature_layers, tc.num_layers)
+  config = tc.replace(num_layers=int(num_layers), dtype=dtype or tc.dtype, param_dtype=param_dtype or tc.param_dtype,
+                      tie_embeddings=False, sliding_window=None, sliding_window_layers=None, scan_layers=False)
+  return config, feature_layers
+
+
 def create_feature_draft(target_config: ModelConfig, *, num_layers: int = 1,
                          feature_layers: Optional[Sequence[int]] = None, draft_vocab_size: Optional[int] = None,
                          seed: int = 0, target=None, token_counts=None, norm_before_residual: bool = False,
@@ -228,13 +241,8 @@ def create_feature_draft(target_config: ModelConfig, *, num_layers: int = 1,
   restricted to the draft vocabulary's rows), as speculators initialises an eagle3 draft
   from its verifier: the head then starts in the target's output space instead of at random.
   """
-  if int(num_layers) != num_layers or num_layers < 1:
-    raise ValueError(f"num_layers={num_layers} must be an integer >= 1")
   tc = target_config
-  feature_layers = tuple(feature_layers) if feature_layers is not None else default_feature_layers(tc.num_layers)
-  check_feature_layers(feature_layers, tc.num_layers)
-  config = tc.replace(num_layers=int(num_layers), dtype=dtype or tc.dtype, param_dtype=param_dtype or tc.param_dtype,
-                      tie_embeddings=False, sliding_window=None, sliding_window_layers=None)
+  config, feature_layers = draft_decoder_config(tc, num_layers, feature_layers, dtype, param_dtype)
   draft_ids = draft_ids_for(tc, draft_vocab_size, token_counts)
   draft = FeatureDraft(config, feature_layers=feature_layers, target_layers=tc.num_layers, draft_ids=draft_ids,
                        norm_before_residual=norm_before_residual, rngs=nnx.Rngs(seed))
