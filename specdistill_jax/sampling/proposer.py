@@ -56,9 +56,14 @@ def feed(model, tokens, cache, num_valid=None, *, hidden=None, positions=None, m
   return logits, cache, None
 
 
+def drafts_blocks(draft) -> bool:
+  """Whether the draft drafts a whole block in one pass (it has `draft_block`)."""
+  return hasattr(draft, "draft_block")
+
+
 def propose(model, cache, pending, n_pending, hidden, key, gamma: int, greedy: bool, temperature):
   """Feed the pending tokens, then draft gamma tokens. -> (tokens [B, G], logits [B, G, V], cache)."""
-  if hasattr(model, "draft_block"):  # all gamma distributions from one pass, independent draws
+  if drafts_blocks(model):  # all gamma distributions from one pass, independent draws
     _, cache, _ = feed(model, pending, cache, n_pending, hidden=hidden)
     logits = model.draft_block(last_valid(pending[..., None], n_pending)[:, 0], cache)[:, :gamma]
     return dist.sample(key, logits, greedy, temperature), logits, cache
@@ -90,7 +95,7 @@ def blank_pending(draft, batch: int, width: int = 1):
 
 def passes_per_round(draft, gamma: int) -> int:
   """Draft forwards per chain round: 1 for a block drafter, else gamma."""
-  return 1 if hasattr(draft, "draft_block") else int(gamma)
+  return 1 if drafts_blocks(draft) else int(gamma)
 
 
 def default_gamma(draft) -> int:
@@ -100,7 +105,7 @@ def default_gamma(draft) -> int:
 
 def check_gamma(draft, gamma: int) -> Optional[str]:
   """A message if the draft cannot draft gamma tokens per round (a block drafter: block_size - 1)."""
-  most = getattr(draft, "default_gamma", None) if hasattr(draft, "draft_block") else None
+  most = draft.default_gamma if drafts_blocks(draft) else None
   if most is not None and gamma > most:
     return (f"gamma={gamma} exceeds what this block drafter drafts in one pass (block_size - 1 = {most}); "
             f"pass gamma <= {most} or build the draft with a larger block_size")
@@ -109,7 +114,7 @@ def check_gamma(draft, gamma: int) -> Optional[str]:
 
 def check_tree(draft) -> Optional[str]:
   """A message if the draft cannot grow a draft tree."""
-  if hasattr(draft, "draft_block"):
+  if drafts_blocks(draft):
     return ("a block drafter drafts chains only: its block's distributions are per position, not per "
             "tree node; decode it with tree=None (a chain of gamma <= block_size - 1 drafts)")
   return None

@@ -70,6 +70,7 @@ class Verdict:
   scores: jax.Array  # [B, K] routing scores kept for the next round
   supplied: jax.Array  # [B, K] int: drafter k supplied the accepted path
   nodes: jax.Array  # [B] draft tokens verified
+  path: Optional[jax.Array] = None  # [B, depth] a tree's accepted nodes (None for a chain)
 
 
 @dataclasses.dataclass
@@ -168,7 +169,6 @@ def advance_chain(ctx: RoundContext, s, prop: ChainProposal, ver: Verification, 
 class TreeProposal:
   grown: list  # per drafter (tree, cache)
   forest: Any
-  path: Optional[jax.Array] = None  # set by accept: [B, depth] the accepted path's nodes
 
 
 def propose_tree(ctx: RoundContext, s, key) -> TreeProposal:
@@ -188,28 +188,27 @@ def accept_tree(ctx: RoundContext, prop: TreeProposal, ver: Verification, key) -
   forest = prop.forest
   n, path, t_next = tree_lib.accept(key, forest, ver.logits, ctx.spec, ctx.greedy, ctx.temperature,
                                     ctx.num_drafts)
-  prop.path = path
   d_tokens = jnp.where(path >= 0, jnp.take_along_axis(forest.tokens, jnp.maximum(path, 0), axis=1), ctx.pad_id)
   supplied = jnp.stack([tree_lib.holds_path(forest, k, path) & (n > 0) for k in range(ctx.num_drafts)], axis=1)
   nodes = jnp.sum(forest.valid & (forest.canon == jnp.arange(forest.tokens.shape[1])), axis=1)
   tvd = jnp.zeros(d_tokens.shape, jnp.float32)  # no single q per depth in a tree
   return Verdict(n, t_next, d_tokens, tvd, jnp.zeros((n.shape[0], ctx.num_drafts)), supplied.astype(jnp.int32),
-                 nodes)
+                 nodes, path)
 
 
 def advance_tree(ctx: RoundContext, s, prop: TreeProposal, ver: Verification, v: Verdict, realised,
                  active) -> Advanced:
   old, n = s.target_cache.lengths, jnp.where(active, v.n, 0)
-  t_cache = tree_lib.compact_target(ver.cache, old, prop.path, n).with_lengths(jnp.where(active, old + 1 + v.n, old))
+  t_cache = tree_lib.compact_target(ver.cache, old, v.path, n).with_lengths(jnp.where(active, old + 1 + v.n, old))
   out = Advanced(t_cache, [], [], [], [])
   start = 0
   for k, (tree, cache) in enumerate(prop.grown):
-    cache, pend, n_pend = tree_lib.advance_drafter(ctx.drafts[k], cache, prop.forest, tree, k, start, prop.path, n,
+    cache, pend, n_pend = tree_lib.advance_drafter(ctx.drafts[k], cache, prop.forest, tree, k, start, v.path, n,
                                                    realised)
     out.caches.append(cache.with_lengths(jnp.where(active, cache.lengths, s.draft_caches[k].lengths)))
     out.pending.append(pend)
     out.n_pending.append(n_pend)
-    out.hidden.append(proposer.tree_pending_hidden(ctx.drafts[k], ver.features, ctx.layers, prop.path, ctx.width))
+    out.hidden.append(proposer.tree_pending_hidden(ctx.drafts[k], ver.features, ctx.layers, v.path, ctx.width))
     start += tree.tokens.shape[1]
   return out
 
