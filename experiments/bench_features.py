@@ -40,8 +40,8 @@ def _program(graphdef, steps: int, layers: tuple):
     def body(_, carry):
       c, acc = carry
       out = model.forward_cached(tokens, c.with_lengths(cache.lengths), feature_layers=layers)
-      acc = acc + out[0][0, 0, 0] + (out[2][0, 0, 0].astype(jnp.float32) if layers else 0.0)
-      return out[1], acc
+      acc = acc + out.logits[0, 0, 0] + (out.features[0, 0, 0].astype(jnp.float32) if layers else 0.0)
+      return out.cache, acc
 
     return jax.lax.fori_loop(0, steps, body, (cache, jnp.float32(0)))
   return run

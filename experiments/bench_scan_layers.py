@@ -41,7 +41,7 @@ def programs(model, cache_size: int, train_len: int):
   graphdef, state = nnx.split(model)
 
   def cached(state, tokens, cache):
-    logits, cache = nnx.merge(graphdef, state).forward_cached(tokens, cache)
+    logits, cache, _ = nnx.merge(graphdef, state).forward_cached(tokens, cache)
     return logits, cache.lengths
 
   def loss(state, tokens):

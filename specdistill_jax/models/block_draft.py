@@ -151,22 +151,19 @@ class BlockDraft(DraftVocab, nnx.Module):
     """Write the context keys/values of `hidden` [B, T, D] (projected target features) at each
     row's cache offset; `tokens` [B, T] are not read (the block is never cached).
 
-    Returns (None, cache, hidden): a block drafter predicts only from `draft_block`.
+    Returns `CachedForward(None, cache, hidden)`: a block drafter predicts only from `draft_block`.
     """
     if mask is not None:
       raise ValueError("a block drafter drafts chains only: it has no per-node distributions to grow a "
                        "tree from; decode it with tree=None")
-    b, t = tokens.shape
-    if num_valid is None:
-      num_valid = jnp.full((b,), t, jnp.int32)
-    slots = kvc.write_positions(cache.lengths, t)
+    num_valid, slots = kvc.cached_slots(cache, tokens.shape[1], num_valid)
     positions = slots if positions is None else positions
     keys, values = [], []
     for layer, kc, vc in zip(self.layers, cache.keys, cache.values):
       k, v = layer.context_kv(hidden.astype(self.config.jnp_dtype), positions)
       keys.append(kvc.scatter_rows(kc, k, slots))
       values.append(kvc.scatter_rows(vc, v, slots))
-    return None, kvc.KVCache(tuple(keys), tuple(values), cache.lengths + num_valid.astype(jnp.int32)), hidden
+    return kvc.CachedForward(None, kvc.KVCache(tuple(keys), tuple(values), cache.lengths + num_valid), hidden)
 
   def draft_block(self, anchor, cache: kvc.KVCache):
     """One block pass from anchor ids [B] at position cache.lengths (the context is the cache).

@@ -134,12 +134,9 @@ class FeatureDraft(DraftVocab, nnx.Module):
     """Feed tokens [B, T] with their hidden inputs [B, T, D] (projected target features or draft
     states) at each row's cache offset, as `Transformer.forward_cached` does.
 
-    Returns (logits [B, T, V] over the target vocabulary, cache, states [B, T, D]).
+    Returns `CachedForward(logits [B, T, V] over the target vocabulary, cache, states [B, T, D])`.
     """
-    b, t = tokens.shape
-    if num_valid is None:
-      num_valid = jnp.full((b,), t, jnp.int32)
-    slots = kvc.write_positions(cache.lengths, t)
+    num_valid, slots = kvc.cached_slots(cache, tokens.shape[1], num_valid)
     positions = slots if positions is None else positions
     x = self._inputs(tokens, hidden)
     keys, values = [], []
@@ -147,8 +144,8 @@ class FeatureDraft(DraftVocab, nnx.Module):
       x, k, v = layer.cached(x, positions, k, v, slots, mask)
       keys.append(k)
       values.append(v)
-    new_cache = kvc.KVCache(tuple(keys), tuple(values), cache.lengths + num_valid.astype(jnp.int32))
-    return self.to_target_vocab(self.draft_logits(x)), new_cache, x
+    new_cache = kvc.KVCache(tuple(keys), tuple(values), cache.lengths + num_valid)
+    return kvc.CachedForward(self.to_target_vocab(self.draft_logits(x)), new_cache, x)
 
   def unroll(self, tokens, features, steps: int, segment_ids=None, *, key=None, temperature: float = 1.0):
     """Training-time test over full sequences (see the module docstring).

@@ -1,15 +1,20 @@
-"""The static-shape KV cache and the attention masks that go with it.
+"""The static-shape KV cache, what a cached forward returns, and the attention masks.
 
 Per layer the cache holds keys and values of shape [B, S, kv_heads, head_dim];
 `lengths` [B] counts the valid entries of each row. Writing k new tokens puts
 them at positions lengths[b] .. lengths[b]+k-1 of each row; rolling back
 rejected draft tokens only moves `lengths` (stale entries past it are masked
 out and later overwritten), so nothing inside jit changes shape.
+
+Every model and drafter's `forward_cached(tokens, cache, num_valid, ...)` returns one
+`CachedForward(logits, cache, features)`, whatever it was asked for: `features` is None
+unless the call produces them (the target's taps with `feature_layers`, a feature
+drafter's output states).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import flax.struct
 import jax
@@ -55,6 +60,21 @@ class KVCache:
   def with_lengths(self, lengths: jax.Array) -> "KVCache":
     """Roll back (or forward) every row to `lengths` [B]; the buffers are untouched."""
     return self.replace(lengths=lengths.astype(jnp.int32))
+
+
+class CachedForward(NamedTuple):
+  """The output of every `forward_cached` (a pytree: it passes through jit and scan)."""
+
+  logits: Optional[jax.Array]  # [B, T, V] fp32 (None: a block drafter predicts from `draft_block`)
+  cache: KVCache  # lengths advanced by num_valid
+  features: Optional[jax.Array] = None  # [B, T, F]: target features asked for, a drafter's states; else None
+
+
+def cached_slots(cache: KVCache, num_tokens: int, num_valid=None):
+  """(num_valid [B] int32, slots [B, T]) of a cached write of T tokens per row (default: all valid)."""
+  if num_valid is None:
+    num_valid = jnp.full((cache.batch_size,), num_tokens, jnp.int32)
+  return num_valid.astype(jnp.int32), write_positions(cache.lengths, num_tokens)
 
 
 def write_positions(lengths: jax.Array, num_tokens: int) -> jax.Array:

@@ -5,7 +5,8 @@ SwiGLU MLP) and owns the two forwards every other module uses:
 
 * `model(tokens)` -> logits [B, T, V]: the full-sequence forward for training
   (optional `segment_ids` for packed or padded rows, `positions` per token);
-* `model.forward_cached(tokens, cache, num_valid)` -> (logits, cache): k new
+* `model.forward_cached(tokens, cache, num_valid)` -> CachedForward(logits, cache,
+  features=None) (models/kv_cache.py): k new
   tokens per row written at each row's own offset `cache.lengths[b]`. Prefill,
   one-token decode and (gamma+1)-token verification are all this one call.
 
@@ -123,16 +124,13 @@ class Transformer(nnx.Module):
                      feature_layers=()):
     """Feed tokens [B,T] at each row's offset; the first num_valid[b] of them are real.
 
-    Returns logits [B,T,V] (positions past num_valid are junk) and the cache with
-    lengths advanced by num_valid (default: all T). A token tree (sampling/tree.py)
-    passes its rotary `positions` [B,T] (prefix length + depth) and its attention
-    `mask` [B,T,S]; the tokens are still written at slots lengths .. lengths+T-1.
-    With `feature_layers` returns (logits, cache, features [B, T, len * D]).
+    Returns `CachedForward(logits, cache, features)`: logits [B,T,V] (positions past
+    num_valid are junk), the cache with lengths advanced by num_valid (default: all T),
+    and with `feature_layers` the features [B, T, len * D] (else None). A token tree
+    (sampling/tree.py) passes its rotary `positions` [B,T] (prefix length + depth) and its
+    attention `mask` [B,T,S]; the tokens are still written at slots lengths .. lengths+T-1.
     """
-    b, t = tokens.shape
-    if num_valid is None:
-      num_valid = jnp.full((b,), t, jnp.int32)
-    slots = kvc.write_positions(cache.lengths, t)
+    num_valid, slots = kvc.cached_slots(cache, tokens.shape[1], num_valid)
     if mask is not None and self.config.sliding_window is not None:
       raise ValueError("tree attention masks do not support sliding-window attention "
                        f"(sliding_window={self.config.sliding_window}); decode with a chain (tree=None)")
@@ -152,11 +150,10 @@ class Transformer(nnx.Module):
         x, k, v = block.cached(x, positions, k, v, slots, mask)
         keys.append(k)
         values.append(v)
-    new_cache = kvc.KVCache(tuple(keys), tuple(values), cache.lengths + num_valid.astype(jnp.int32))
+    new_cache = kvc.KVCache(tuple(keys), tuple(values), cache.lengths + num_valid)
     h = self.final_norm(x)
-    if not feature_layers:
-      return self.project(h), new_cache
-    return self.project(h), new_cache, self._features(taps, h, feature_layers)
+    return kvc.CachedForward(self.project(h), new_cache,
+                             self._features(taps, h, feature_layers) if feature_layers else None)
 
   def init_cache(self, batch: int, size: int) -> kvc.KVCache:
     return init_cache(self.config, batch, size)

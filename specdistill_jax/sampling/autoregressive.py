@@ -59,7 +59,7 @@ def _program(graphdef, max_new_tokens: int, cache_size: int, greedy: bool,
     model = nnx.merge(graphdef, state)
     b = tokens.shape[0]
     cache = models.init_cache(model.config, b, cache_size)
-    logits, cache = model.forward_cached(tokens, cache, num_valid=lengths)
+    logits, cache, _ = model.forward_cached(tokens, cache, num_valid=lengths)
     init = _LoopState(step=jnp.int32(0), cache=cache, logits=last_valid(logits, lengths), rng=rng,
                       out=jnp.full((b, max_new_tokens), pad_id, jnp.int32),
                       n_out=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), jnp.bool_))
@@ -73,7 +73,7 @@ def _program(graphdef, max_new_tokens: int, cache_size: int, greedy: bool,
       tok = jnp.where(s.done, pad_id, tok)
       n_out = s.n_out + (~s.done).astype(jnp.int32)
       done = s.done | dist.is_eos(tok, eos_ids) | (n_out >= max_new_tokens)
-      logits, cache = model.forward_cached(tok[:, None], s.cache)
+      logits, cache, _ = model.forward_cached(tok[:, None], s.cache)
       return _LoopState(s.step + 1, cache, logits[:, 0], rng, s.out.at[:, s.step].set(tok), n_out, done)
 
     final = jax.lax.while_loop(cond, body, init)

@@ -75,17 +75,14 @@ class PromptLookup(nnx.Module):
     if self.config.vocab_size is None:
       raise ValueError("prompt_lookup() is not bound to a vocabulary: pass it to speculative_generate, "
                        "or call .for_target(target) first")
-    b, t = tokens.shape
-    if num_valid is None:
-      num_valid = jnp.full((b,), t, jnp.int32)
-    slots = kvc.write_positions(cache.lengths, t)
+    num_valid, slots = kvc.cached_slots(cache, tokens.shape[1], num_valid)
     history = kvc.scatter_rows(cache.keys[0][..., 0, 0], tokens, slots)
     if mask is None:
       mask = kvc.cached_attention_mask(slots, history.shape[1])
     nxt = jax.vmap(lambda h, m: jax.vmap(lambda mj: self.propose(*_visible_text(h, mj)))(m))(history, mask)
     logits = jnp.where(jax.nn.one_hot(nxt, self.config.vocab_size, dtype=jnp.bool_), 0.0, _OFF)
-    new = kvc.KVCache((history[..., None, None],), cache.values, cache.lengths + num_valid.astype(jnp.int32))
-    return logits, new
+    new = kvc.KVCache((history[..., None, None],), cache.values, cache.lengths + num_valid)
+    return kvc.CachedForward(logits, new)
 
   def propose(self, history, length):
     """The next token after history[:length] (history [S] int32; length a traced scalar >= 1)."""

@@ -49,11 +49,9 @@ def select(features, layers: tuple, wanted: tuple):
 
 
 def feed(model, tokens, cache, num_valid=None, *, hidden=None, positions=None, mask=None):
-  """Cached forward of either kind -> (logits [B, T, V], cache, states [B, T, D] or None)."""
-  if reads_features(model):
-    return model.forward_cached(tokens, cache, num_valid, hidden=hidden, positions=positions, mask=mask)
-  logits, cache = model.forward_cached(tokens, cache, num_valid, positions=positions, mask=mask)
-  return logits, cache, None
+  """Cached forward of either kind -> CachedForward(logits [B, T, V], cache, states [B, T, D] or None)."""
+  extra = {"hidden": hidden} if reads_features(model) else {}
+  return model.forward_cached(tokens, cache, num_valid, positions=positions, mask=mask, **extra)
 
 
 def drafts_blocks(draft) -> bool:
@@ -64,7 +62,7 @@ def drafts_blocks(draft) -> bool:
 def propose(model, cache, pending, n_pending, hidden, key, gamma: int, greedy: bool, temperature):
   """Feed the pending tokens, then draft gamma tokens. -> (tokens [B, G], logits [B, G, V], cache)."""
   if drafts_blocks(model):  # all gamma distributions from one pass, independent draws
-    _, cache, _ = feed(model, pending, cache, n_pending, hidden=hidden)
+    cache = feed(model, pending, cache, n_pending, hidden=hidden).cache
     logits = model.draft_block(last_valid(pending[..., None], n_pending)[:, 0], cache)[:, :gamma]
     return dist.sample(key, logits, greedy, temperature), logits, cache
   logits, cache, states = feed(model, pending, cache, n_pending, hidden=hidden)
@@ -129,10 +127,10 @@ def prefill(draft, tokens, prefix, cache_size: int, features=None, layers: tuple
   b = tokens.shape[0]
   cache = draft.init_cache(b, cache_size)
   if not reads_features(draft):
-    return draft.forward_cached(tokens, cache, prefix)[1], None
+    return draft.forward_cached(tokens, cache, prefix).cache, None
   h = draft.project_features(select(features, layers, draft.feature_layers))  # [B, P, D]
   # entry j pairs feature j with token j+1: the prompt's tokens 1..prefix-1
-  _, cache, _ = draft.forward_cached(tokens[:, 1:], cache, jnp.maximum(prefix - 1, 0), hidden=h[:, :-1])
+  cache = draft.forward_cached(tokens[:, 1:], cache, jnp.maximum(prefix - 1, 0), hidden=h[:, :-1]).cache
   last = jnp.take_along_axis(h, jnp.maximum(prefix - 1, 0)[:, None, None], axis=1)
   return cache, jnp.where((prefix > 0)[:, None, None], last, 0.0)  # a 1-token prompt has no feature
 
@@ -154,16 +152,22 @@ def advance_chain(draft, cache, old_lengths, n_pending, proposed, realised, n, a
   features of the verification pass. -> (cache, pending [B, W], n_pending [B], hidden or None)
   """
   b = n.shape[0]
+  pos = jnp.arange(gamma - 1)[None, :]
+  keep = kept_proposals(draft, acceptance.accepted_prefix(
+      (proposed[:, : gamma - 1] == realised[:, : gamma - 1]) & (pos < n[:, None])))
+  hidden = None
   if reads_features(draft):
-    keep = jnp.zeros_like(n)
     hidden = feature_pending(draft, features, layers, jnp.broadcast_to(jnp.arange(width), (b, width)), width)
-  else:
-    pos = jnp.arange(gamma - 1)[None, :]
-    keep = acceptance.accepted_prefix((proposed[:, : gamma - 1] == realised[:, : gamma - 1]) & (pos < n[:, None]))
-    hidden = None
   cache = cache.with_lengths(jnp.where(active, old_lengths + n_pending + keep, old_lengths))
   idx = jnp.minimum(keep[:, None] + jnp.arange(width)[None, :], gamma)
   return cache, jnp.take_along_axis(realised, idx, axis=1), n + 1 - keep, hidden
+
+
+def kept_proposals(draft, fed_and_realised):
+  """How many leading proposals [B] a drafter keeps in its cache after a round: those it fed that
+  were realised (a token draft), or none (a feature draft: their entries read its own states,
+  and every realised token is re-fed with the target's features)."""
+  return jnp.zeros_like(fed_and_realised) if reads_features(draft) else fed_and_realised
 
 
 def tree_pending_hidden(draft, features, layers: tuple, path, width: int):

@@ -101,8 +101,8 @@ def _pick(stacked: jax.Array, choice: jax.Array) -> jax.Array:
 
 def _verify(ctx: RoundContext, s, tokens, **kw) -> Verification:
   with jax.named_scope("target_verify"):
-    logits, cache, *feats = ctx.target.forward_cached(tokens, s.target_cache, feature_layers=ctx.layers, **kw)
-  return Verification(logits, cache, feats[0] if feats else None)
+    out = ctx.target.forward_cached(tokens, s.target_cache, feature_layers=ctx.layers, **kw)
+  return Verification(*out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -71,6 +71,9 @@ def routed_speculative_generate(target, drafts: Sequence, prompts, max_new_token
     raise ValueError(f"unknown routing signal {signal!r}; use one of {sorted(SIGNALS)}")
   if route_on not in ("auto", "current", "previous"):
     raise ValueError(f"route_on={route_on!r} must be 'auto', 'current' or 'previous'")
+  if tree is not None and (signal != "confidence" or route_on != "auto"):
+    raise ValueError(f"signal={signal!r} / route_on={route_on!r} choose a route, but a tree is not routed: "
+                     "every drafter's tree is merged and verified at once; drop them or pass tree=None")
   current = (float(temperature) == 0.0) if route_on == "auto" else route_on == "current"
   return run_speculative(target, list(drafts), prompts, max_new_tokens, gamma, temperature,
                          lenience, rng, lengths, cache_size, score_fn=SIGNALS[signal],

@@ -125,15 +125,14 @@ def _initial_state(ctx: rounds.RoundContext, tokens, lengths, rng, max_new: int)
   last_token = jnp.take_along_axis(tokens, prefix[:, None], axis=1)[:, 0]
   t_out = ctx.target.forward_cached(tokens, models.init_cache(ctx.target.config, b, ctx.cache_size), prefix,
                                     feature_layers=ctx.layers)
-  t_feats = t_out[2] if ctx.layers else None
-  prefilled = [proposer.prefill(d, tokens, prefix, ctx.cache_size, t_feats, ctx.layers) for d in ctx.drafts]
+  prefilled = [proposer.prefill(d, tokens, prefix, ctx.cache_size, t_out.features, ctx.layers) for d in ctx.drafts]
   hiddens = tuple(None if h is None else jnp.pad(h, ((0, 0), (0, ctx.width - 1), (0, 0))) for _, h in prefilled)
   zeros_b = jnp.zeros((b,), jnp.int32)
   counters = _Counters(jnp.int32(0), zeros_b, zeros_b, zeros_b, zeros_b, jnp.zeros((gamma,), jnp.int32),
                        jnp.zeros((gamma,), jnp.int32), jnp.zeros((gamma + 1,), jnp.int32), jnp.float32(0.0),
                        jnp.zeros((k,), jnp.int32), jnp.int32(0))
   pending = jnp.zeros((b, ctx.width), jnp.int32).at[:, 0].set(last_token)
-  return _State(t_out[1], tuple(p[0] for p in prefilled), (pending,) * k, (jnp.ones((b,), jnp.int32),) * k,
+  return _State(t_out.cache, tuple(p[0] for p in prefilled), (pending,) * k, (jnp.ones((b,), jnp.int32),) * k,
                 hiddens, last_token, jnp.full((b, max_new + gamma + 1), ctx.pad_id, jnp.int32), zeros_b,
                 jnp.zeros((b,), jnp.bool_), rng, jnp.zeros((b, k)), counters)
 

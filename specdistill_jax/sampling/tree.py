@@ -362,10 +362,8 @@ def advance_drafter(draft, cache, forest: Forest, tree: DraftTree, drafter: int,
   same = mine[:, None, :] & (forest.canon[:, None, :] == path[:, :, None]) & (path[:, :, None] >= 0)
   local = jnp.argmax(same, axis=2) - start  # [B, depth]
   fed = jnp.where(same.any(2), jnp.take_along_axis(tree.fed, jnp.clip(local, 0, tree.fed.shape[1] - 1), 1), -1)
-  if proposer.reads_features(draft):
-    keep = jnp.zeros_like(n)
-  else:
-    keep = jnp.sum(jnp.cumprod((fed >= 0) & (jnp.arange(depth)[None] < n[:, None]), axis=1), axis=1)
+  keep = proposer.kept_proposals(
+      draft, jnp.sum(jnp.cumprod((fed >= 0) & (jnp.arange(depth)[None] < n[:, None]), axis=1), axis=1))
   cache = cache.compact(tree.base[:, None] + jnp.maximum(fed, 0), tree.base, keep).with_lengths(tree.base + keep)
   idx = jnp.minimum(keep[:, None] + jnp.arange(depth + 1)[None], depth)
   return cache, jnp.take_along_axis(realised, idx, axis=1), n + 1 - keep

@@ -29,7 +29,8 @@ def test_target_features_from_full_and_cached_forward_agree_and_leave_logits_unc
   np.testing.assert_array_equal(target(tokens), target.project(h))
   cache = target.init_cache(2, 16)
   logits, _, cached = target.forward_cached(tokens, cache, feature_layers=layers)
-  plain, _ = target.forward_cached(tokens, cache)
+  plain, _, none = target.forward_cached(tokens, cache)
+  assert none is None
   np.testing.assert_array_equal(logits, plain)
   np.testing.assert_allclose(cached, feats, atol=fp32_atol(feats, target.config.d_model, 3))
 

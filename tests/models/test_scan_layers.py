@@ -61,7 +61,7 @@ def test_cached_forward_and_decoding_equal():
   for model in (unrolled, scanned):
     cache = model.init_cache(2, 32)
     logits, cache, feats = model.forward_cached(TOKENS, cache, jnp.asarray([12, 7]), feature_layers=(1,))
-    step, cache = model.forward_cached(TOKENS[:, :3], cache)
+    step, cache, _ = model.forward_cached(TOKENS[:, :3], cache)
     outs.append((logits, feats, step, cache.keys, cache.lengths))
   for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
     _close(a, b)

@@ -23,7 +23,9 @@ def _full(model, tokens, positions=None, segment_ids=None):
 
 @nnx.jit
 def _cached(model, tokens, cache, num_valid=None):
-  return model.forward_cached(tokens, cache, num_valid)
+  logits, cache, features = model.forward_cached(tokens, cache, num_valid)
+  assert features is None  # one structure: no features unless asked for
+  return logits, cache
 
 
 def _model(**overrides):

@@ -112,10 +112,10 @@ def test_history_rolls_back_with_lengths():
   """The drafter's cache is the token history: moving lengths back and writing again overwrites."""
   drafter = prompt_lookup().for_target(tiny())
   cache = drafter.init_cache(1, 8)
-  _, cache = drafter.forward_cached(jnp.asarray([[3, 4, 5, 3]], jnp.int32), cache)
+  cache = drafter.forward_cached(jnp.asarray([[3, 4, 5, 3]], jnp.int32), cache).cache
   assert np.asarray(cache.lengths).tolist() == [4]
-  logits, _ = drafter.forward_cached(jnp.asarray([[4]], jnp.int32), cache)
+  logits = drafter.forward_cached(jnp.asarray([[4]], jnp.int32), cache).logits
   assert int(jnp.argmax(logits[0, 0])) == 5  # "3 4" -> 5
-  _, cache = drafter.forward_cached(jnp.asarray([[9]], jnp.int32), cache.with_lengths(jnp.asarray([3])))
-  logits, _ = drafter.forward_cached(jnp.asarray([[3]], jnp.int32), cache)
+  cache = drafter.forward_cached(jnp.asarray([[9]], jnp.int32), cache.with_lengths(jnp.asarray([3]))).cache
+  logits = drafter.forward_cached(jnp.asarray([[3]], jnp.int32), cache).logits
   assert int(jnp.argmax(logits[0, 0])) == 4  # history is now 3 4 5 9 3: "3" -> 4

@@ -50,6 +50,8 @@ def test_bad_routing_arguments():
     sampling.routed_speculative_generate(t, [d], PROMPTS, 4)
   with pytest.raises(ValueError, match="signal 'votes'"):
     sampling.routed_speculative_generate(t, [d, d], PROMPTS, 4, signal="votes")
+  with pytest.raises(ValueError, match="a tree is not routed"):  # not silently ignored
+    sampling.routed_speculative_generate(t, [d, d], PROMPTS, 4, signal="entropy", tree=sampling.TreeSpec(2, 2, 4))
 
 
 @pytest.mark.parametrize("route_on", ["auto", "current"])

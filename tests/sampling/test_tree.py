@@ -103,10 +103,10 @@ def test_tree_attention_and_compaction_equal_feeding_the_path():
                            q_index=jnp.zeros_like(tokens), q_logp=jnp.zeros((1, 1, 61)),
                            canon=jnp.arange(5)[None])
   size = 16
-  _, cache = model.forward_cached(prompt[:, :-1], model.init_cache(1, size))
+  cache = model.forward_cached(prompt[:, :-1], model.init_cache(1, size)).cache
   lengths = cache.lengths
   inputs, positions, mask = tree_lib.verify_inputs(forest, prompt[:, -1], lengths, size, depth=3)
-  logits, cache = model.forward_cached(inputs, cache, positions=positions, mask=mask)
+  logits, cache, _ = model.forward_cached(inputs, cache, positions=positions, mask=mask)
   paths = [[], [7], [8], [7, 11], [8, 12], [8, 12, 13]]  # root, then nodes 0..4
   want = next_logits(model, width=8)([[3, 14, 15, 9, 2] + p for p in paths])
   np.testing.assert_allclose(np.asarray(logits)[0], want, rtol=0,
@@ -114,8 +114,8 @@ def test_tree_attention_and_compaction_equal_feeding_the_path():
   # accept the path 1 -> 3 -> 4 and compact; then compare with feeding the path as a chain
   path, n = jnp.asarray([[1, 3, 4]], jnp.int32), jnp.asarray([3], jnp.int32)
   compacted = tree_lib.compact_target(cache, lengths, path, n)
-  _, chain = model.forward_cached(jnp.asarray([[3, 14, 15, 9, 2, 8, 12, 13]], jnp.int32),
-                                  model.init_cache(1, size))
+  chain = model.forward_cached(jnp.asarray([[3, 14, 15, 9, 2, 8, 12, 13]], jnp.int32),
+                               model.init_cache(1, size)).cache
   assert int(compacted.lengths[0]) == int(chain.lengths[0]) == 8
   for got, want in zip(compacted.keys + compacted.values, chain.keys + chain.values):
     want = np.asarray(want)[:, :8]

@@ -1,0 +1,42 @@
+"""The drafter interface: every kind's cached forward returns one structure, read the same way."""
+
+import jax.numpy as jnp
+import numpy as np
+
+from specdistill_jax import models
+from specdistill_jax.sampling import prompt_lookup, proposer
+from tests.sampling.helpers import tiny
+
+
+def _drafters(target):
+  return {
+      "token": tiny(preset="micro", seed=1),
+      "eagle3": models.create_feature_draft(target.config, num_layers=1, seed=2),
+      "block": models.create_block_draft(target.config, num_layers=1, block_size=4, seed=3),
+      "lookup": proposer.for_target(prompt_lookup(), target),
+  }
+
+
+def test_every_kind_returns_one_cached_forward_structure():
+  """logits [B, T, V] (None for a block drafter), the cache advanced by num_valid per row, and
+  features only where the call produces them; the same fields for every kind."""
+  target = tiny()
+  tokens = jnp.asarray([[3, 4, 5], [6, 7, 8]], jnp.int32)
+  num_valid = jnp.asarray([3, 1], jnp.int32)
+  for kind, draft in _drafters(target).items():
+    hidden = (jnp.ones((2, 3, draft.config.d_model), draft.config.jnp_dtype)
+              if proposer.reads_features(draft) else None)
+    out = proposer.feed(draft, tokens, draft.init_cache(2, 8), num_valid, hidden=hidden)
+    assert isinstance(out, models.CachedForward), kind
+    assert np.asarray(out.cache.lengths).tolist() == [3, 1], kind
+    if kind == "block":
+      assert out.logits is None
+    else:
+      assert out.logits.shape == (2, 3, target.config.vocab_size), kind
+    assert (out.features is None) == (hidden is None), kind
+
+  plain = target.forward_cached(tokens, target.init_cache(2, 8), num_valid)
+  assert isinstance(plain, models.CachedForward) and plain.features is None
+  tapped = target.forward_cached(tokens, target.init_cache(2, 8), num_valid, feature_layers=(0, 2))
+  assert tapped.features.shape == (2, 3, 2 * target.config.d_model)
+  np.testing.assert_array_equal(tapped.logits, plain.logits)  # asking for features changes nothing else
