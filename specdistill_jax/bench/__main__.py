@@ -34,7 +34,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--data_dir", default=None, help="prepared bundled corpora (default: $SPECDISTILL_DATA_DIR)")
   p.add_argument("--corpus_config", default="full")
   p.add_argument("--cache_dir", default=os.path.join("workdir", "bench_cache"), help="MT-Bench turn-1 answers")
-  p.add_argument("--peers", default="transformers,llama_cpp", help="'' for none")
+  p.add_argument("--peers", default="transformers,llama_cpp",
+                 help="comma-separated: transformers (assisted / prompt lookup), transformers_plain, llama_cpp "
+                      "(plain), llama_cpp_lookup; '' for none")
   p.add_argument("--gguf", default=None, help="GGUF for llama.cpp (default: the target's source file)")
   p.add_argument("--hf_gamma", type=int, default=None, help="gamma of transformers' assisted generation")
   p.add_argument("--pair", default=None, help="name of the pair in the results (default: the two dir names)")

@@ -1,5 +1,8 @@
 """Peers measured in the benchmark's run, on the same prompts: transformers and llama.cpp.
 
+* `transformers_plain`: transformers' plain greedy `generate` of the target (PyTorch CPU,
+  B=1, the fp32 export of the same weights); its ids are compared with ours.
+
 * `transformers_assisted`: transformers' `generate(assistant_model=...)` (PyTorch, CPU,
   greedy, B=1, a constant `gamma` drafts per round) with the same weights exported by
   `save_hf`; its ids are compared with ours. A draft transformers cannot load as a causal
@@ -11,6 +14,8 @@
   on this project's CPUs with CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON
   -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF": the native build segfaults
   in its AMX path). Prefill is included in its time, as in ours.
+* `llama_cpp_lookup`: the same, with llama-cpp-python's own prompt lookup decoding
+  (`LlamaPromptLookupDecoding`: n-grams of up to 3 tokens, `num_pred_tokens` drafts a round).
 Each returns a dict: system, tokens_per_second (or None) and a note.
 """
 
@@ -23,28 +28,35 @@ import time
 from typing import Optional, Sequence
 
 
+def transformers_plain(target, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                       our_greedy: Sequence[Sequence[int]]) -> dict:
+  return transformers_assisted(target, None, prompts, max_new_tokens, 0, our_greedy)
+
+
 def transformers_assisted(target, draft, prompts: Sequence[Sequence[int]], max_new_tokens: int, gamma: int,
                           our_greedy: Sequence[Sequence[int]]) -> dict:
-  system = f"transformers assisted generation (PyTorch CPU), greedy, gamma={gamma}"
+  """draft None: plain decoding of the target (gamma unused)."""
+  system = (f"transformers assisted generation (PyTorch CPU), greedy, gamma={gamma}" if draft is not None else
+            "transformers plain decoding (PyTorch CPU), greedy")
   try:
     import torch
     import transformers
   except ImportError:
     return dict(system=system, tokens_per_second=None, note="skipped: torch is not installed (requirements-test.txt)")
   from specdistill_jax import models
-  from specdistill_jax.sampling.prompt_lookup import PromptLookup
   torch.set_num_threads(os.cpu_count() or 1)
   eos = list(target.config.eos_token_ids) or None
   kw = dict(do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos,
             pad_token_id=target.config.pad_token_id)
-  lookup = isinstance(draft, PromptLookup)  # transformers' own prompt lookup decoding is the peer
+  # a drafter with no weights names transformers' own equivalent (prompt lookup decoding)
+  own = getattr(draft, "transformers_generate_kwargs", None)
   with tempfile.TemporaryDirectory() as tmp:
     models.save_hf(target, os.path.join(tmp, "t"))
     pt_t = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(tmp, "t")).eval()
-    if lookup:
+    if own is not None:
       system = f"transformers prompt lookup decoding (PyTorch CPU), greedy, {gamma} tokens"
-      kw.update(prompt_lookup_num_tokens=gamma, max_matching_ngram_size=draft.config.max_ngram)
-    else:
+      kw.update(own(gamma))
+    elif draft is not None:
       models.save_hf(draft, os.path.join(tmp, "d"))
       try:
         kw["assistant_model"] = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(tmp, "d")).eval()
@@ -78,8 +90,10 @@ def source_gguf(target_dir: str) -> Optional[str]:
 
 
 def llama_cpp_plain(gguf_path: Optional[str], prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                    eos_ids: Sequence[int]) -> dict:
-  system = "llama.cpp plain decoding (llama-cpp-python), greedy"
+                    eos_ids: Sequence[int], lookup_tokens: Optional[int] = None) -> dict:
+  """lookup_tokens: None (plain decoding) or the drafts per round of llama.cpp's prompt lookup."""
+  system = ("llama.cpp plain decoding (llama-cpp-python), greedy" if lookup_tokens is None else
+            f"llama.cpp prompt lookup decoding (llama-cpp-python), greedy, {lookup_tokens} tokens")
   try:
     import llama_cpp
   except ImportError:
@@ -89,8 +103,12 @@ def llama_cpp_plain(gguf_path: Optional[str], prompts: Sequence[Sequence[int]], 
   if not gguf_path or not os.path.exists(gguf_path):
     return dict(system=system, tokens_per_second=None, note="skipped: no GGUF file for this target (--gguf)")
   width = max(map(len, prompts)) + max_new_tokens + 8
+  extra = {}
+  if lookup_tokens is not None:
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+    extra["draft_model"] = LlamaPromptLookupDecoding(max_ngram_size=3, num_pred_tokens=lookup_tokens)
   llm = llama_cpp.Llama(model_path=gguf_path, n_ctx=width, n_threads=os.cpu_count() or 1, verbose=False,
-                        logits_all=False)
+                        logits_all=False, **extra)
   stop = set(eos_ids)
 
   def one(p) -> int:

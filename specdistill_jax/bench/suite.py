@@ -24,6 +24,10 @@ from specdistill_jax.bench import peers as peer_lib
 from specdistill_jax.bench.protocol import Method, decode_set, summarise
 
 
+PEERS = ("transformers", "transformers_plain", "llama_cpp", "llama_cpp_lookup")
+LLAMA_CPP_LOOKUP_TOKENS = 10  # llama-cpp-python's default num_pred_tokens
+
+
 @dataclasses.dataclass
 class SetResult:
   name: str
@@ -124,9 +128,9 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
   unknown = [s for s in sets if s not in suites.SETS]
   if unknown:
     raise ValueError(f"unknown prompt set(s) {unknown}; known: {', '.join(suites.SETS)}")
-  bad = [p for p in peers if p not in ("transformers", "llama_cpp")]
+  bad = [p for p in peers if p not in PEERS]
   if bad:
-    raise ValueError(f"unknown peer(s) {bad}: choose from transformers, llama_cpp")
+    raise ValueError(f"unknown peer(s) {bad}: choose from {', '.join(PEERS)}")
   if limit is not None and limit < 1:
     raise ValueError(f"--limit {limit} must be >= 1 (or omitted: every prompt)")
   if not loading.has_tokenizer(target_dir):
@@ -175,9 +179,12 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
       chains = [m.gamma for m in methods if m.tree is None]
       gamma = hf_gamma or (max(chains) if chains else 4)
       peer_rows.append(peer_lib.transformers_assisted(target, draft, ids, max_new_tokens, gamma, greedy_ar))
-    if "llama_cpp" in peers:
-      peer_rows.append(peer_lib.llama_cpp_plain(gguf or peer_lib.source_gguf(target_dir), ids, max_new_tokens,
-                                                target.config.eos_token_ids))
+    if "transformers_plain" in peers and greedy_ar is not None:
+      peer_rows.append(peer_lib.transformers_plain(target, ids, max_new_tokens, greedy_ar))
+    for name, lookup in (("llama_cpp", None), ("llama_cpp_lookup", LLAMA_CPP_LOOKUP_TOKENS)):
+      if name in peers:
+        peer_rows.append(peer_lib.llama_cpp_plain(gguf or peer_lib.source_gguf(target_dir), ids, max_new_tokens,
+                                                  target.config.eos_token_ids, lookup))
     for r in peer_rows:
       log(f"  peer {r['system']}: {r['tokens_per_second']} tok/s ({r['note']})")
     results.append(SetResult(name, len(prompts), limit, c, v, rounds, 1e3 * step, summaries, peer_rows))

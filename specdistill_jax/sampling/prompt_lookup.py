@@ -62,6 +62,10 @@ class PromptLookup(nnx.Module):
       return self
     return PromptLookup(dataclasses.replace(self.config, vocab_size=vocab))
 
+  def transformers_generate_kwargs(self, num_tokens: int) -> dict:
+    """transformers' own prompt lookup decoding with these n-gram sizes (the benchmark's peer)."""
+    return dict(prompt_lookup_num_tokens=num_tokens, max_matching_ngram_size=self.config.max_ngram)
+
   def init_cache(self, batch: int, size: int) -> kvc.KVCache:
     return kvc.KVCache.create(1, batch, size, 1, 1, jnp.int32)
 

@@ -104,15 +104,20 @@ def test_user_errors_are_one_line(micro_world):
 
 def test_prompt_lookup_is_a_draft_of_the_benchmark(micro_world, small_data, tmp_path):
   """--draft prompt_lookup:2: rows like a model draft's (greedy SD == greedy AR in fp32), and the
-  transformers peer is its own prompt lookup decoding on the same prompts."""
+  transformers peer is its own prompt lookup decoding on the same prompts; transformers' plain
+  decoding is a peer of its own (same ids as ours), llama.cpp's lookup decoding one that says why it
+  was skipped where llama-cpp-python is not installed."""
   world = os.environ["SPECDISTILL_WORLD"]
   args = _args(world, small_data[0], tmp_path, "--draft", "prompt_lookup:2", "--suite", "sharegpt_chat",
-               "--gammas", "2", "--trees", "", "--temperatures", "0", "--pair", "micro/lookup")
+               "--gammas", "2", "--trees", "", "--temperatures", "0", "--pair", "micro/lookup",
+               "--peers", "transformers,transformers_plain,llama_cpp_lookup")
   bench_cli.main(args)
   rows = [r for r in json.load(open(tmp_path / "b.json")) if r["pair"] == "micro/lookup"]
   assert [r["gamma"] for r in rows] == [2] and all(r["greedy_differs"] == 0 for r in rows)
   assert all(0.0 <= r["alpha"] <= 1.0 and r["c"] < 0.5 for r in rows)
   text = open(tmp_path / "b.md").read()
   assert "transformers prompt lookup decoding" in text and "identical to our greedy AR on 3/3" in text
+  assert "transformers plain decoding" in text and text.count("identical to our greedy AR on 3/3") == 2
+  assert "llama.cpp prompt lookup decoding" in text
   with pytest.raises(ValueError, match="prompt_lookup:3:1"):
     bench_cli.main(_args(world, small_data[0], tmp_path, "--draft", "prompt_lookup:x"))
