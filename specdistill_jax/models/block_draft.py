@@ -147,9 +147,11 @@ class BlockDraft(DraftVocab, nnx.Module):
       x = layer(x, positions, k, v, mask)
     return self.draft_logits(x)
 
-  def forward_cached(self, tokens, cache: kvc.KVCache, num_valid=None, *, hidden, positions=None, mask=None):
+  def forward_cached(self, tokens, cache: kvc.KVCache, num_valid=None, *, hidden, positions=None, mask=None,
+                     logits_at=None):
     """Write the context keys/values of `hidden` [B, T, D] (projected target features) at each
-    row's cache offset; `tokens` [B, T] are not read (the block is never cached).
+    row's cache offset; `tokens` [B, T] are not read (the block is never cached; no logits, so
+    `logits_at` changes nothing).
 
     Returns `CachedForward(None, cache, hidden)`: a block drafter predicts only from `draft_block`.
     """

@@ -130,11 +130,13 @@ class FeatureDraft(DraftVocab, nnx.Module):
   def _inputs(self, tokens, hidden):
     return jnp.concatenate([self.frozen_embeddings(tokens), hidden.astype(self.config.jnp_dtype)], -1)
 
-  def forward_cached(self, tokens, cache: kvc.KVCache, num_valid=None, *, hidden, positions=None, mask=None):
+  def forward_cached(self, tokens, cache: kvc.KVCache, num_valid=None, *, hidden, positions=None, mask=None,
+                     logits_at=None):
     """Feed tokens [B, T] with their hidden inputs [B, T, D] (projected target features or draft
     states) at each row's cache offset, as `Transformer.forward_cached` does.
 
-    Returns `CachedForward(logits [B, T, V] over the target vocabulary, cache, states [B, T, D])`.
+    Returns `CachedForward(logits [B, T, V] over the target vocabulary, cache, states [B, T, D])`;
+    with `logits_at` [B, K] the logits of those tokens only ([B, K, V]; states stay [B, T, D]).
     """
     num_valid, slots = kvc.cached_slots(cache, tokens.shape[1], num_valid)
     positions = slots if positions is None else positions
@@ -145,7 +147,7 @@ class FeatureDraft(DraftVocab, nnx.Module):
       keys.append(k)
       values.append(v)
     new_cache = kvc.KVCache(tuple(keys), tuple(values), cache.lengths + num_valid)
-    return kvc.CachedForward(self.to_target_vocab(self.draft_logits(x)), new_cache, x)
+    return kvc.CachedForward(self.to_target_vocab(self.draft_logits(kvc.rows_at(x, logits_at))), new_cache, x)
 
   def unroll(self, tokens, features, steps: int, segment_ids=None, *, key=None, temperature: float = 1.0):
     """Training-time test over full sequences (see the module docstring).

@@ -65,9 +65,22 @@ class KVCache:
 class CachedForward(NamedTuple):
   """The output of every `forward_cached` (a pytree: it passes through jit and scan)."""
 
-  logits: Optional[jax.Array]  # [B, T, V] fp32 (None: a block drafter predicts from `draft_block`)
+  logits: Optional[jax.Array]  # [B, T, V] fp32, or [B, K, V] with logits_at (None: a block drafter)
   cache: KVCache  # lengths advanced by num_valid
   features: Optional[jax.Array] = None  # [B, T, F]: target features asked for, a drafter's states; else None
+
+
+def rows_at(x: jax.Array, logits_at=None) -> jax.Array:
+  """x [B, T, ...] at the token indices logits_at [B, K] -> [B, K, ...] (None: x unchanged).
+
+  Every `forward_cached(..., logits_at=)` gathers the head's inputs with it: a prefill or a
+  round's pending tokens need the logits of one token per row, and XLA does not push a
+  later gather through the head's matmul (a 49k-row head over every token of a prompt).
+  """
+  if logits_at is None:
+    return x
+  idx = logits_at.reshape(logits_at.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, idx, axis=1)
 
 
 def cached_slots(cache: KVCache, num_tokens: int, num_valid=None):

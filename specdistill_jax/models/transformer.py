@@ -121,7 +121,7 @@ class Transformer(nnx.Module):
     return self.project(self.hidden(tokens, positions=positions, segment_ids=segment_ids))
 
   def forward_cached(self, tokens, cache: kvc.KVCache, num_valid=None, *, positions=None, mask=None,
-                     feature_layers=()):
+                     feature_layers=(), logits_at=None):
     """Feed tokens [B,T] at each row's offset; the first num_valid[b] of them are real.
 
     Returns `CachedForward(logits, cache, features)`: logits [B,T,V] (positions past
@@ -129,6 +129,7 @@ class Transformer(nnx.Module):
     and with `feature_layers` the features [B, T, len * D] (else None). A token tree
     (sampling/tree.py) passes its rotary `positions` [B,T] (prefix length + depth) and its
     attention `mask` [B,T,S]; the tokens are still written at slots lengths .. lengths+T-1.
+    `logits_at` [B,K] (indices into the T tokens): logits only there, [B,K,V] (`kvc.rows_at`).
     """
     num_valid, slots = kvc.cached_slots(cache, tokens.shape[1], num_valid)
     if mask is not None and self.config.sliding_window is not None:
@@ -152,7 +153,7 @@ class Transformer(nnx.Module):
         values.append(v)
     new_cache = kvc.KVCache(tuple(keys), tuple(values), cache.lengths + num_valid)
     h = self.final_norm(x)
-    return kvc.CachedForward(self.project(h), new_cache,
+    return kvc.CachedForward(self.project(kvc.rows_at(h, logits_at)), new_cache,
                              self._features(taps, h, feature_layers) if feature_layers else None)
 
   def init_cache(self, batch: int, size: int) -> kvc.KVCache:

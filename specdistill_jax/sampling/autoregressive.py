@@ -59,8 +59,8 @@ def _program(graphdef, max_new_tokens: int, cache_size: int, greedy: bool,
     model = nnx.merge(graphdef, state)
     b = tokens.shape[0]
     cache = models.init_cache(model.config, b, cache_size)
-    logits, cache, _ = model.forward_cached(tokens, cache, num_valid=lengths)
-    init = _LoopState(step=jnp.int32(0), cache=cache, logits=last_valid(logits, lengths), rng=rng,
+    logits, cache, _ = model.forward_cached(tokens, cache, num_valid=lengths, logits_at=(lengths - 1)[:, None])
+    init = _LoopState(step=jnp.int32(0), cache=cache, logits=logits[:, 0], rng=rng,
                       out=jnp.full((b, max_new_tokens), pad_id, jnp.int32),
                       n_out=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), jnp.bool_))
 

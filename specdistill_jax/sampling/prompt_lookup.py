@@ -69,8 +69,10 @@ class PromptLookup(nnx.Module):
   def init_cache(self, batch: int, size: int) -> kvc.KVCache:
     return kvc.KVCache.create(1, batch, size, 1, 1, jnp.int32)
 
-  def forward_cached(self, tokens, cache: kvc.KVCache, num_valid=None, *, positions=None, mask=None):
-    """Write tokens [B, T] at each row's length; logits [B, T, V]: token t's proposed successor.
+  def forward_cached(self, tokens, cache: kvc.KVCache, num_valid=None, *, positions=None, mask=None,
+                     logits_at=None):
+    """Write tokens [B, T] at each row's length; logits [B, T, V]: token t's proposed successor
+    (with `logits_at` [B, K]: those tokens' only, [B, K, V]).
 
     mask [B, T, S] (a draft tree's node sees the prefix and its ancestors; default causal):
     token t's text is the visible slots in slot order, itself last. positions are unused.
@@ -84,7 +86,7 @@ class PromptLookup(nnx.Module):
     if mask is None:
       mask = kvc.cached_attention_mask(slots, history.shape[1])
     nxt = jax.vmap(lambda h, m: jax.vmap(lambda mj: self.propose(*_visible_text(h, mj)))(m))(history, mask)
-    logits = jnp.where(jax.nn.one_hot(nxt, self.config.vocab_size, dtype=jnp.bool_), 0.0, _OFF)
+    logits = jnp.where(jax.nn.one_hot(kvc.rows_at(nxt, logits_at), self.config.vocab_size, dtype=jnp.bool_), 0.0, _OFF)
     new = kvc.KVCache((history[..., None, None],), cache.values, cache.lengths + num_valid)
     return kvc.CachedForward(logits, new)
 

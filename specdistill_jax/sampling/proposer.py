@@ -48,10 +48,12 @@ def select(features, layers: tuple, wanted: tuple):
   return jnp.concatenate([features[..., layers.index(l) * d:(layers.index(l) + 1) * d] for l in wanted], -1)
 
 
-def feed(model, tokens, cache, num_valid=None, *, hidden=None, positions=None, mask=None):
-  """Cached forward of either kind -> CachedForward(logits [B, T, V], cache, states [B, T, D] or None)."""
+def feed(model, tokens, cache, num_valid=None, *, hidden=None, positions=None, mask=None, logits_at=None):
+  """Cached forward of either kind -> CachedForward(logits [B, T, V] (or [B, K, V] at `logits_at`
+  [B, K]), cache, states [B, T, D] or None)."""
   extra = {"hidden": hidden} if reads_features(model) else {}
-  return model.forward_cached(tokens, cache, num_valid, positions=positions, mask=mask, **extra)
+  return model.forward_cached(tokens, cache, num_valid, positions=positions, mask=mask, logits_at=logits_at,
+                              **extra)
 
 
 def drafts_blocks(draft) -> bool:
@@ -65,8 +67,9 @@ def propose(model, cache, pending, n_pending, hidden, key, gamma: int, greedy: b
     cache = feed(model, pending, cache, n_pending, hidden=hidden).cache
     logits = model.draft_block(last_valid(pending[..., None], n_pending)[:, 0], cache)[:, :gamma]
     return dist.sample(key, logits, greedy, temperature), logits, cache
-  logits, cache, states = feed(model, pending, cache, n_pending, hidden=hidden)
-  first = last_valid(logits, n_pending)
+  logits, cache, states = feed(model, pending, cache, n_pending, hidden=hidden,
+                               logits_at=(n_pending - 1)[:, None])  # only the last pending token's logits
+  first = logits[:, 0]
   state = None if states is None else last_valid(states, n_pending)[:, None]
   keys = jax.random.split(key, gamma)
 
