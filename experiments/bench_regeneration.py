@@ -28,6 +28,7 @@ from specdistill_jax.data import BatchPipeline, ChatFormat, corpora  # noqa: E40
 from specdistill_jax.distill.sources import pipeline_prompts  # noqa: E402
 from specdistill_jax.models import import_gguf  # noqa: E402
 from specdistill_jax.sampling import generate_batch  # noqa: E402
+from bench_matmul_peak import cpu_extensions  # noqa: E402
 from studylib import write_text  # noqa: E402
 
 SETTINGS = (("float32", 32, False), ("bfloat16", 32, True), ("bfloat16", 64, True), ("bfloat16", 128, True),
@@ -69,7 +70,7 @@ def main(argv=None) -> str:
              f"{args.max_new_tokens} --out {os.path.relpath(args.out, ROOT)}")
   lines = ["# Regeneration throughput: the real target answering ShareGPT prompts (T=1)", "",
            f"Command: `{command}`", "",
-           f"Written whole by that command. {os.cpu_count()} cores, jax {jax.__version__}. SmolLM2-135M-Instruct, "
+           f"Written whole by that command. {os.cpu_count()} cores ({cpu_extensions()}), jax {jax.__version__}. SmolLM2-135M-Instruct, "
            f"`sampling.generate_batch` (one jitted prefill + while-loop program per batch shape), prompts: the first "
            f"{len(pool)} sharegpt_chat training prompts (<= 96 tokens), up to {args.max_new_tokens} new tokens "
            f"(rows stop at eos); {args.batches + 1} batches per setting, the first timed as well after a "
