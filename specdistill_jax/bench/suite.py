@@ -181,8 +181,8 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
       peer_rows.append(peer_lib.transformers_assisted(target, draft, ids, max_new_tokens, gamma, greedy_ar))
     if "transformers_plain" in peers and greedy_ar is not None:
       peer_rows.append(peer_lib.transformers_plain(target, ids, max_new_tokens, greedy_ar))
-    for name, lookup in (("llama_cpp", None), ("llama_cpp_lookup", LLAMA_CPP_LOOKUP_TOKENS)):
-      if name in peers:
+    for system, lookup in (("llama_cpp", None), ("llama_cpp_lookup", LLAMA_CPP_LOOKUP_TOKENS)):
+      if system in peers:
         peer_rows.append(peer_lib.llama_cpp_plain(gguf or peer_lib.source_gguf(target_dir), ids, max_new_tokens,
                                                   target.config.eos_token_ids, lookup))
     for r in peer_rows:
