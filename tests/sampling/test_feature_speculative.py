@@ -45,13 +45,28 @@ def test_feature_and_token_drafts_routed_and_merged_equal_greedy_target():
   assert routed == want and merged == want and len(stats["merged_share"]) == 2
 
 
-def _offline_acceptance(target, draft, prompt, generated, gamma):
-  """Greedy rounds replayed from the unroll: (accepted, tested) a gamma-chain must report."""
+def _unroll_predictions(target, draft, seqs, gamma):
+  """[rows, gamma, T-1] the unroll's greedy drafts at every position, for every sequence in one
+  jitted pass (sequences end-padded to one width: causal, so padding changes no earlier position)."""
+  width = max(map(len, seqs))
+  tokens = jnp.asarray([s + [0] * (width - len(s)) for s in seqs], jnp.int32)
+  graphs = nnx.split(target), nnx.split(draft)
+
+  @jax.jit
+  def predict(states, tokens):
+    t, d = nnx.merge(graphs[0][0], states[0]), nnx.merge(graphs[1][0], states[1])
+    _, feats = t.hidden(tokens, feature_layers=d.feature_layers)
+    logits, _, _ = d.unroll(tokens, feats, gamma)
+    return jnp.moveaxis(jnp.argmax(logits, -1), 1, 0)  # [gamma, B, T-1] -> [B, gamma, T-1], draft vocabulary
+
+  pred = predict((graphs[0][1], graphs[1][1]), tokens)
+  return np.asarray(draft.draft_ids)[np.asarray(pred)]
+
+
+def _offline_acceptance(pred, prompt, generated, gamma):
+  """Greedy rounds replayed from the unroll's drafts `pred` [gamma, T-1]: (accepted, tested) a
+  gamma-chain must report."""
   seq = list(prompt) + list(generated)
-  tokens = jnp.asarray([seq], jnp.int32)
-  _, feats = target.hidden(tokens, feature_layers=draft.feature_layers)
-  logits, _, _ = draft.unroll(tokens, feats, gamma)
-  pred = np.asarray(draft.draft_ids)[np.argmax(np.asarray(logits[:, 0]), -1)]  # [gamma, T-1]
   accepted = tested = deep = 0
   p = len(prompt) - 1  # the last verified token's position
   while p + 1 < len(seq):
@@ -101,7 +116,8 @@ def test_greedy_acceptance_is_what_the_unroll_predicts():
   draft = _fitted(target, _feature_draft(target, draft_vocab=10, seed=3, layers=2), prompts)
   for gamma in (3,):
     out, stats = sampling.speculative_generate(target, draft, prompts, 40, gamma=gamma)
-    replay = np.sum([_offline_acceptance(target, draft, p, o, gamma) for p, o in zip(prompts, out)], axis=0)
+    preds = _unroll_predictions(target, draft, [p + o for p, o in zip(prompts, out)], gamma)
+    replay = np.sum([_offline_acceptance(pr, p, o, gamma) for pr, p, o in zip(preds, prompts, out)], axis=0)
     assert (stats["accepted"], stats["tested"]) == tuple(replay[:2])
     assert 0 < replay[0] < replay[1]
     assert gamma == 1 or replay[2] > 0  # some accepted proposals read draft states
