@@ -102,7 +102,9 @@ def llama_cpp_plain(gguf_path: Optional[str], prompts: Sequence[Sequence[int]], 
                      "see specdistill_jax/bench/peers.py for this CPU's build flags)")
   if not gguf_path or not os.path.exists(gguf_path):
     return dict(system=system, tokens_per_second=None, note="skipped: no GGUF file for this target (--gguf)")
-  width = max(map(len, prompts)) + max_new_tokens + 8
+  # room for a last round's drafts past the token budget (llama-cpp-python writes them into its
+  # context before checking it: a context sized to the budget alone fails with a broadcast error)
+  width = max(map(len, prompts)) + max_new_tokens + 2 * (lookup_tokens or 0) + 8
   extra = {}
   if lookup_tokens is not None:
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding

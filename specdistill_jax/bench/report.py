@@ -82,6 +82,9 @@ def markdown(result: SuiteResult, command: str, minutes: float) -> str:
                 "| system | tok/s | vs our AR | note |", "|---|---:|---:|---|"]
       if ar0:
         lines.append(f"| ours: plain decoding ({result.dtype}) | {ar0:.1f} | 1.00x | |")
+        for x in (x for x in s.summaries if x["category"] == "all" and x["temperature"] == 0.0):
+          lines.append(f"| ours: SD {x['method'].label} ({result.dtype}) | {x['sd_tokens_per_s']:.1f} | "
+                       f"{x['sd_tokens_per_s'] / ar0:.2f}x | |")
       for r in s.peers:
         tps = r["tokens_per_second"]
         rel = f"{tps / ar0:.2f}x" if tps and ar0 else "-"

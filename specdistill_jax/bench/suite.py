@@ -101,6 +101,15 @@ def turn1_answers(target, chat, target_dir: str, dtype: str, max_new_tokens: int
   return answers
 
 
+def _peer(name: str, fn, *args) -> dict:
+  """A peer's row; a peer that fails (another library's bug) is reported as failed, with its error,
+  instead of losing the run's own measurements."""
+  try:
+    return fn(*args)
+  except Exception as e:  # noqa: BLE001 - whatever the peer library raises
+    return dict(system=name, tokens_per_second=None, note=f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+
+
 def release_programs() -> None:
   """Drop the compiled decoding programs of a finished (set, temperature): a 30-layer target's
   programs hold many executable memory maps, and a run that kept every one of them met
@@ -178,13 +187,13 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
     if "transformers" in peers and greedy_ar is not None:
       chains = [m.gamma for m in methods if m.tree is None]
       gamma = hf_gamma or (max(chains) if chains else 4)
-      peer_rows.append(peer_lib.transformers_assisted(target, draft, ids, max_new_tokens, gamma, greedy_ar))
+      peer_rows.append(_peer("transformers", peer_lib.transformers_assisted, target, draft, ids, max_new_tokens, gamma, greedy_ar))
     if "transformers_plain" in peers and greedy_ar is not None:
-      peer_rows.append(peer_lib.transformers_plain(target, ids, max_new_tokens, greedy_ar))
+      peer_rows.append(_peer("transformers_plain", peer_lib.transformers_plain, target, ids, max_new_tokens, greedy_ar))
     for system, lookup in (("llama_cpp", None), ("llama_cpp_lookup", LLAMA_CPP_LOOKUP_TOKENS)):
       if system in peers:
-        peer_rows.append(peer_lib.llama_cpp_plain(gguf or peer_lib.source_gguf(target_dir), ids, max_new_tokens,
-                                                  target.config.eos_token_ids, lookup))
+        peer_rows.append(_peer(system, peer_lib.llama_cpp_plain, gguf or peer_lib.source_gguf(target_dir), ids,
+                               max_new_tokens, target.config.eos_token_ids, lookup))
     for r in peer_rows:
       log(f"  peer {r['system']}: {r['tokens_per_second']} tok/s ({r['note']})")
     results.append(SetResult(name, len(prompts), limit, c, v, rounds, 1e3 * step, summaries, peer_rows))

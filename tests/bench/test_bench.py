@@ -121,3 +121,17 @@ def test_prompt_lookup_is_a_draft_of_the_benchmark(micro_world, small_data, tmp_
   assert "llama.cpp prompt lookup decoding" in text
   with pytest.raises(ValueError, match="prompt_lookup:3:1"):
     bench_cli.main(_args(world, small_data[0], tmp_path, "--draft", "prompt_lookup:x"))
+
+
+def test_a_failing_peer_becomes_a_failed_row_not_a_lost_run():
+  """Another library's error in a peer (llama-cpp-python raised a broadcast error after a 12-minute
+  run) is reported in the peer's row; the run's own measurements are kept."""
+  from specdistill_jax.bench import suite
+
+  def broken(*args):
+    raise ValueError("could not broadcast input array from shape (11,) into shape (10,)\nmore")
+
+  row = suite._peer("llama_cpp_lookup", broken, 1, 2)
+  assert row["system"] == "llama_cpp_lookup" and row["tokens_per_second"] is None
+  assert row["note"] == "failed: ValueError: could not broadcast input array from shape (11,) into shape (10,)"
+  assert suite._peer("x", lambda a: dict(system="x", tokens_per_second=a, note=""), 3.0)["tokens_per_second"] == 3.0
