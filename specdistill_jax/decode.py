@@ -20,6 +20,7 @@ import os
 from absl import app, flags
 
 from specdistill_jax import cli, distributed, loading, sampling
+from specdistill_jax.models import backend_layout
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("target", None, "target model directory", required=True)
@@ -106,7 +107,8 @@ def main(argv):
   tokenizer = loading.load_tokenizer(tok_dir) if loading.has_tokenizer(tok_dir) else None
   prompts = read_prompts(FLAGS.prompts, tokenizer, FLAGS.chat)
   target = loading.load_model(FLAGS.target)
-  drafts = [loading.load_draft(d, target) for d in FLAGS.draft]
+  drafts = [backend_layout.for_decoding(loading.load_draft(d, target)) for d in FLAGS.draft]
+  target = backend_layout.for_decoding(target)  # the layout this backend decodes fastest with
   lenience = None
   if FLAGS.lenience:
     kind, _, eps = FLAGS.lenience.partition(":")

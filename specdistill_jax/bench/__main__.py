@@ -41,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--hf_gamma", type=int, default=None, help="gamma of transformers' assisted generation")
   p.add_argument("--pair", default=None, help="name of the pair in the results (default: the two dir names)")
   p.add_argument("--max_prompt_tokens", type=int, default=1024)
+  p.add_argument("--layout", default="auto", choices=("auto", "standard", "fused"),
+                 help="parameter layout for decoding (models/backend_layout.py; auto: fused on CPU)")
   p.add_argument("--out", default=DEFAULTS_OUT)
   p.add_argument("--json", default=os.path.join("experiments", "results", "decode_benchmark.json"))
   return p
@@ -70,7 +72,7 @@ def main(argv=None) -> str:
       args.target, args.draft, [s.strip() for s in args.suite.split(",") if s.strip()], methods, temps,
       args.max_new_tokens, args.limit, args.repeats, args.dtype, args.data_dir, args.corpus_config,
       args.cache_dir, [p for p in args.peers.split(",") if p], args.gguf, args.hf_gamma, args.pair,
-      args.max_prompt_tokens)
+      args.max_prompt_tokens, args.layout)
   text = report.markdown(result, command(args), (time.time() - t0) / 60)
   print(text)
   if args.out:

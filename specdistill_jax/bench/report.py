@@ -50,7 +50,8 @@ def markdown(result: SuiteResult, command: str, minutes: float) -> str:
   import jax
   lines = [f"# Speculative decoding benchmark: {result.pair}", "", f"Command: `{command}`", "",
            f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} "
-           f"({jax.devices()[0].platform}); {result.dtype} parameters and compute. This run took {minutes:.1f} min.",
+           f"({jax.devices()[0].platform}); {result.dtype} parameters and compute, "
+           f"{result.layout} parameter layout (models/backend_layout.py). This run took {minutes:.1f} min.",
            "", PROTOCOL.format(new=result.max_new_tokens, repeats=result.repeats), ""]
   for s in result.sets:
     lines += [f"## {s.name}: {s.num_prompts} prompts" + (f" (--limit {s.limit})" if s.limit else ""), "",

@@ -50,6 +50,7 @@ class SuiteResult:
   methods: list
   temperatures: list
   sets: list
+  layout: str = "standard"  # the parameter layout decoded with (models/backend_layout.py)
 
 
 def round_robin(prompts: Sequence, limit: Optional[int]) -> list:
@@ -128,12 +129,13 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
               corpus_config: str = "full", cache_dir: str = os.path.join("workdir", "bench_cache"),
               peers: Sequence[str] = ("transformers", "llama_cpp"), gguf: Optional[str] = None,
               hf_gamma: Optional[int] = None, pair: Optional[str] = None,
-              max_prompt_tokens: int = 1024, log=print) -> SuiteResult:
+              max_prompt_tokens: int = 1024, layout: str = "auto", log=print) -> SuiteResult:
   import jax.numpy as jnp
 
   from specdistill_jax import evaluate, loading
   from specdistill_jax.data import suites
   from specdistill_jax.data.tokenizer import ChatFormat
+  from specdistill_jax.models import backend_layout
   unknown = [s for s in sets if s not in suites.SETS]
   if unknown:
     raise ValueError(f"unknown prompt set(s) {unknown}; known: {', '.join(suites.SETS)}")
@@ -145,8 +147,10 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
   if not loading.has_tokenizer(target_dir):
     raise FileNotFoundError(f"no tokenizer in the target directory {target_dir!r}: the benchmark encodes its "
                             "prompts with the target's chat template")
+  backend_layout.resolve(layout)
   target = loading.load_model(target_dir, dtype=jnp.dtype(dtype))
-  draft = loading.load_draft(draft_dir, target, dtype=jnp.dtype(dtype))
+  draft = backend_layout.for_decoding(loading.load_draft(draft_dir, target, dtype=jnp.dtype(dtype)), layout)
+  target = backend_layout.for_decoding(target, layout)
   chat = ChatFormat(loading.load_tokenizer(target_dir))
   pair = pair or f"{os.path.basename(os.path.normpath(target_dir))}/{os.path.basename(os.path.normpath(draft_dir))}"
   results = []
@@ -197,4 +201,5 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
     for r in peer_rows:
       log(f"  peer {r['system']}: {r['tokens_per_second']} tok/s ({r['note']})")
     results.append(SetResult(name, len(prompts), limit, c, v, rounds, 1e3 * step, summaries, peer_rows))
-  return SuiteResult(pair, dtype, max_new_tokens, repeats, list(methods), list(temperatures), results)
+  return SuiteResult(pair, dtype, max_new_tokens, repeats, list(methods), list(temperatures), results,
+                     backend_layout.resolve(layout))

@@ -60,24 +60,19 @@ class BlockLayer(nnx.Module):
     self.mlp_norm = RMSNorm(config, rngs=rngs)
     self.mlp = MLP(config, rngs=rngs)
 
-  def _heads(self, x, name: str):
-    a, dt = self.attn, self.config.jnp_dtype
-    y = mm("btd,dhk->bthk", x, getattr(a, name)[...], dt)
-    if self.config.qkv_bias:
-      y = y + getattr(a, f"{name}_bias")[...].astype(dt)
-    return y
-
   def context_kv(self, x, positions):
     """Keys and values [B, T, Hkv, hd] of inputs x [B, T, D] at rotary positions [B, T]."""
     cos, sin = rope.rotary_tables(self.config, positions)
-    return rope.apply_rotary(self.k_norm(self._heads(x, "k")), cos, sin), self._heads(x, "v")
+    k, v = self.attn.project_heads(x, ("k", "v"))
+    return rope.apply_rotary(self.k_norm(k), cos, sin), v
 
   def __call__(self, x, positions, ctx_keys, ctx_values, mask):
     """Block x [B, Q, D] at positions [B, Q]; context keys/values [B, S, Hkv, hd];
     mask [B, Q, S + Q] over [context; block]. -> [B, Q, D]."""
     h = self.attn_norm(x)
     cos, sin = rope.rotary_tables(self.config, positions)
-    q = rope.apply_rotary(self.q_norm(self._heads(h, "q")), cos, sin)
+    (q,) = self.attn.project_heads(h, ("q",))
+    q = rope.apply_rotary(self.q_norm(q), cos, sin)
     k, v = self.context_kv(h, positions)
     keys = jnp.concatenate([ctx_keys, k.astype(ctx_keys.dtype)], axis=1)
     values = jnp.concatenate([ctx_values, v.astype(ctx_values.dtype)], axis=1)

@@ -13,7 +13,7 @@ from typing import Optional
 
 import jax.numpy as jnp
 
-from specdistill_jax.models import dflash_io, eagle3_io, hf
+from specdistill_jax.models import backend_layout, dflash_io, eagle3_io, hf
 from specdistill_jax.models import speculators_format as fmt
 from specdistill_jax.models.block_draft import BlockDraft
 from specdistill_jax.models.feature_draft import FeatureDraft
@@ -44,7 +44,9 @@ def load_hf(path: str, dtype=jnp.float32, param_dtype=None, shardings=None, scan
 
 def save_hf(model, path: str, verifier: Optional[str] = None) -> None:
   """Write `model` as an HF directory (config.json + model.safetensors); a draft head in its
-  speculators format, naming `verifier` (the target's HF id or local path) as its target."""
+  speculators format, naming `verifier` (the target's HF id or local path) as its target.
+  A model in the fused decode layout is written in the standard one (models/backend_layout.py)."""
+  model = backend_layout.standard(model)
   for cls, write in _WRITERS:
     if isinstance(model, cls):
       return write(model, path, verifier)

@@ -104,6 +104,24 @@ def mm(spec: str, x, w, dtype, out_dtype=None):
   return _LOW_PRECISION[key](x, w)
 
 
+def mm_left(x, w_t, dtype, out_dtype=None):
+  """x [..., in] @ w_t[out, in]^T -> [..., out], run with the weights as the left operand.
+
+  The fused decode layout's matmul (models/backend_layout.py): XLA:CPU runs small-M dots
+  1.5-3x faster as W[out, in] . x^T than as x . W (../shared/bench/xla_cpu_dots.py;
+  experiments/results/target_benchmark.md). One row runs as two (the matrix-vector dot
+  is ~10x slower), as in `mm`.
+  """
+  lead = x.shape[:-1]
+  x2 = x.reshape(-1, x.shape[-1]).astype(dtype)
+  rows = x2.shape[0]
+  if rows == 1:
+    x2 = jnp.concatenate([x2, x2], axis=0)
+  out = jax.lax.dot_general(w_t.astype(dtype), x2, (((1,), (1,)), ((), ())),
+                            preferred_element_type=jnp.float32).astype(out_dtype or dtype)
+  return out[:, :rows].T.reshape(lead + (w_t.shape[0],))
+
+
 def _token_axis(spec: str):
   """Axis of the token dimension in a weight matmul's activations ('bt...' or 't...'), else None."""
   lhs, out = spec.split(",")[0], spec.split("->")[1]
@@ -147,20 +165,59 @@ class Attention(nnx.Module):
       self.k_bias = param(rngs, (c.num_kv_heads, c.head_dim), ("kv_heads", "head_dim"), c, zeros=True)
       self.v_bias = param(rngs, (c.num_kv_heads, c.head_dim), ("kv_heads", "head_dim"), c, zeros=True)
 
+  @property
+  def fused(self) -> bool:
+    """True in the fused decode layout (models/backend_layout.py): one [(H + 2 Hkv) hd, in]
+    q/k/v matrix and o as [D, H hd], weights as the left operand."""
+    return hasattr(self, "qkv_t")
+
+  def project_heads(self, x, names=("q", "k", "v")):
+    """The named projections of x [B,T,in] ('q' [B,T,H,hd], 'k'/'v' [B,T,Hkv,hd]), bias added."""
+    c, dt = self.config, self.config.jnp_dtype
+    sizes = {"q": c.num_heads, "k": c.num_kv_heads, "v": c.num_kv_heads}
+    if self.fused:
+      qkv = mm_left(x, self.qkv_t[...], dt)
+      starts = {"q": 0, "k": c.num_heads, "v": c.num_heads + c.num_kv_heads}
+      out = [qkv[..., starts[n] * c.head_dim:(starts[n] + sizes[n]) * c.head_dim]
+             .reshape(x.shape[:-1] + (sizes[n], c.head_dim)) for n in names]
+    else:
+      out = [mm("btd,dhk->bthk", x, getattr(self, n)[...], dt) for n in names]
+    if c.qkv_bias:
+      out = [y + getattr(self, f"{n}_bias")[...].astype(dt) for y, n in zip(out, names)]
+    return out
+
   def _project(self, x, positions):
-    dt = self.config.jnp_dtype
-    q = mm("btd,dhk->bthk", x, self.q[...], dt)
-    k = mm("btd,dhk->bthk", x, self.k[...], dt)
-    v = mm("btd,dhk->bthk", x, self.v[...], dt)
-    if self.config.qkv_bias:
-      q = q + self.q_bias[...].astype(dt)
-      k = k + self.k_bias[...].astype(dt)
-      v = v + self.v_bias[...].astype(dt)
+    q, k, v = self.project_heads(x)
     cos, sin = rope.rotary_tables(self.config, positions)
     return rope.apply_rotary(q, cos, sin), rope.apply_rotary(k, cos, sin), v
 
   def _output(self, out):
+    if self.fused:
+      return mm_left(out.reshape(out.shape[:-2] + (-1,)), self.o_t[...], self.config.jnp_dtype)
     return mm("bthk,hkd->btd", out, self.o[...], self.config.jnp_dtype)
+
+  def set_fused(self, fused: bool) -> None:
+    """Convert the parameters between the standard and the fused layout (same values)."""
+    if fused == self.fused:
+      return
+    c = self.config
+    if fused:
+      d_in = self.q.shape[0]
+      w = jnp.concatenate([getattr(self, n)[...].reshape(d_in, -1) for n in ("q", "k", "v")], axis=1)
+      self.qkv_t = nnx.Param(w.T, logical_axes=("heads", "embed"))
+      self.o_t = nnx.Param(self.o[...].reshape(-1, c.d_model).T, logical_axes=("embed", "heads"))
+      del self.q, self.k, self.v, self.o
+    else:
+      w, d_in = self.qkv_t[...].T, self.qkv_t.shape[1]
+      bounds = [0, c.num_heads, c.num_heads + c.num_kv_heads, c.num_heads + 2 * c.num_kv_heads]
+      for n, a, b, axes in zip(("q", "k", "v"), bounds, bounds[1:],
+                               (("embed", "heads", "head_dim"), ("embed", "kv_heads", "head_dim"),
+                                ("embed", "kv_heads", "head_dim"))):
+        block = w[:, a * c.head_dim:b * c.head_dim].reshape(d_in, b - a, c.head_dim)
+        setattr(self, n, nnx.Param(block, logical_axes=axes))
+      self.o = nnx.Param(self.o_t[...].T.reshape(c.num_heads, c.head_dim, c.d_model),
+                         logical_axes=("heads", "head_dim", "embed"))
+      del self.qkv_t, self.o_t
 
   def __call__(self, x, positions, segment_ids=None):
     q, k, v = self._project(x, positions)
@@ -203,10 +260,36 @@ class MLP(nnx.Module):
     self.up = param(rngs, (c.d_model, c.mlp_dim), ("embed", "mlp"), c, c.d_model ** -0.5)
     self.down = param(rngs, (c.mlp_dim, c.d_model), ("mlp", "embed"), c, c.mlp_dim ** -0.5)
 
+  @property
+  def fused(self) -> bool:
+    """True in the fused decode layout: gate and up as one [2F, D] matrix, down as [D, F]."""
+    return hasattr(self, "gate_up_t")
+
   def __call__(self, x):
     dt = self.dtype
+    if self.fused:
+      gu = mm_left(x, self.gate_up_t[...], dt)
+      f = gu.shape[-1] // 2
+      return mm_left(jax.nn.silu(gu[..., :f]) * gu[..., f:], self.down_t[...], dt)
     h = jax.nn.silu(mm("btd,df->btf", x, self.gate[...], dt)) * mm("btd,df->btf", x, self.up[...], dt)
     return mm("btf,fd->btd", h, self.down[...], dt)
+
+  def set_fused(self, fused: bool) -> None:
+    """Convert the parameters between the standard and the fused layout (same values)."""
+    if fused == self.fused:
+      return
+    if fused:
+      self.gate_up_t = nnx.Param(jnp.concatenate([self.gate[...], self.up[...]], axis=1).T,
+                                 logical_axes=("mlp", "embed"))
+      self.down_t = nnx.Param(self.down[...].T, logical_axes=("embed", "mlp"))
+      del self.gate, self.up, self.down
+    else:
+      w = self.gate_up_t[...].T
+      f = w.shape[1] // 2
+      self.gate = nnx.Param(w[:, :f], logical_axes=("embed", "mlp"))
+      self.up = nnx.Param(w[:, f:], logical_axes=("embed", "mlp"))
+      self.down = nnx.Param(self.down_t[...].T, logical_axes=("mlp", "embed"))
+      del self.gate_up_t, self.down_t
 
 
 class Block(nnx.Module):

@@ -29,7 +29,7 @@ from flax import nnx
 
 from specdistill_jax.models import kv_cache as kvc
 from specdistill_jax.models.config import ModelConfig
-from specdistill_jax.models.layers import Block, RMSNorm, mm, param
+from specdistill_jax.models.layers import Block, RMSNorm, mm, mm_left, param
 
 
 class Transformer(nnx.Module):
@@ -60,13 +60,36 @@ class Transformer(nnx.Module):
     dt = self.config.jnp_dtype
     h2 = h.reshape(-1, h.shape[-1])
     ids = None if vocab_ids is None else jnp.asarray(np.asarray(vocab_ids, np.int32))
-    if self.config.tie_embeddings:
+    if self.fused:  # the fused decode layout (models/backend_layout.py): head rows [V, D] on the left
+      table = self.embed if self.config.tie_embeddings else self.lm_head_t
+      table = table[...] if ids is None else jnp.take(table[...], ids, axis=0)
+      logits = mm_left(h2, table, dt, jnp.float32)
+    elif self.config.tie_embeddings:
       table = self.embed[...] if ids is None else jnp.take(self.embed[...], ids, axis=0)
       logits = mm("td,vd->tv", h2, table, dt, jnp.float32)
     else:
       head = self.lm_head[...] if ids is None else jnp.take(self.lm_head[...], ids, axis=1)
       logits = mm("td,dv->tv", h2, head, dt, jnp.float32)
     return logits.reshape(h.shape[:-1] + (logits.shape[-1],))
+
+  @property
+  def fused(self) -> bool:
+    """True in the fused decode layout (models/backend_layout.py)."""
+    return self.layers[0].attn.fused if len(self.layers) else False
+
+  def set_fused(self, fused: bool) -> None:
+    """Every layer and the head to the fused (True) or the standard layout; same values."""
+    for block in self.layers:
+      block.attn.set_fused(fused)
+      block.mlp.set_fused(fused)
+    if self.config.tie_embeddings:
+      return
+    if fused and hasattr(self, "lm_head"):
+      self.lm_head_t = nnx.Param(self.lm_head[...].T, logical_axes=("vocab", "embed"))
+      del self.lm_head
+    elif not fused and hasattr(self, "lm_head_t"):
+      self.lm_head = nnx.Param(self.lm_head_t[...].T, logical_axes=("embed", "vocab"))
+      del self.lm_head_t
 
   def hidden(self, tokens, *, positions=None, segment_ids=None, feature_layers=()):
     """Final-normed hidden states [B, T, D]; `project` turns them into logits.
