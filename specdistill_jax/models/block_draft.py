@@ -44,7 +44,7 @@ from specdistill_jax.models import rope
 from specdistill_jax.models.config import ModelConfig
 from specdistill_jax.models.draft_vocab import DraftVocab, check_draft_ids, draft_ids_for, start_from_target
 from specdistill_jax.models.feature_draft import draft_decoder_config
-from specdistill_jax.models.layers import MLP, Attention, RMSNorm, attend, mm, param
+from specdistill_jax.models.layers import MLP, Attention, RMSNorm, attend, dense, param, set_transposed
 from specdistill_jax.models.transformer import check_feature_layers
 
 
@@ -118,18 +118,23 @@ class BlockDraft(DraftVocab, nnx.Module):
   def default_gamma(self) -> int:
     return self.block_size - 1
 
+  def set_fused(self, fused: bool) -> None:
+    """fc and the head to the fused decode layout (models/backend_layout.py) or back; the layers
+    convert themselves."""
+    set_transposed(self, "fc", fused)
+    set_transposed(self, "frozen_lm_head", fused)
+
   @property
   def feature_dim(self) -> int:
     return len(self.feature_layers) * self.config.d_model
 
   def project_features(self, features):
     """Target features [..., F] -> the context c [..., D] (fc, then hidden_norm)."""
-    return self.hidden_norm(mm("btf,fd->btd", features, self.fc[...], self.config.jnp_dtype))
+    return self.hidden_norm(dense(self, "fc", features, self.config.jnp_dtype))
 
   def draft_logits(self, states):
     """Layer outputs [B, T, D] -> fp32 logits over the draft vocabulary [B, T, Vd]."""
-    return mm("btd,dv->btv", self.final_norm(states), self.frozen_lm_head[...], self.config.jnp_dtype,
-               jnp.float32)
+    return dense(self, "frozen_lm_head", self.final_norm(states), self.config.jnp_dtype, jnp.float32)
 
   def _block_inputs(self, anchors):
     """Anchor ids [...] -> block ids [..., block_size] (the anchor, then mask tokens)."""

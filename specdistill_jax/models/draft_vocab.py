@@ -57,7 +57,10 @@ def check_draft_ids(draft_ids, vocab_size: int) -> Optional[tuple]:
 
 def target_head(target, draft_ids=None):
   """The target's output head [D, V] (or its draft-vocabulary columns [D, Vd])."""
-  head = target.embed[...].T if target.config.tie_embeddings else target.lm_head[...]
+  if target.config.tie_embeddings:
+    head = target.embed[...].T
+  else:  # the fused decode layout (models/backend_layout.py) holds it transposed
+    head = target.lm_head_t[...].T if hasattr(target, "lm_head_t") else target.lm_head[...]
   if draft_ids is not None:
     head = jnp.take(head, jnp.asarray(np.asarray(draft_ids, np.int32)), axis=1)
   return head

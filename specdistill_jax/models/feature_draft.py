@@ -46,7 +46,7 @@ from specdistill_jax.models import kv_cache as kvc
 from specdistill_jax.models.config import ModelConfig
 from specdistill_jax.models.draft_vocab import (DraftVocab, check_draft_ids, draft_ids_for, select_draft_vocab,
                                                 start_from_target)
-from specdistill_jax.models.layers import MLP, Attention, Block, RMSNorm, mm, param
+from specdistill_jax.models.layers import MLP, Attention, Block, RMSNorm, dense, param, set_transposed
 from specdistill_jax.models.transformer import check_feature_layers
 
 __all__ = ["FeatureDraft", "create_feature_draft", "default_feature_layers", "select_draft_vocab"]
@@ -115,17 +115,23 @@ class FeatureDraft(DraftVocab, nnx.Module):
     self.final_norm = RMSNorm(c, rngs=rngs)
     self.lm_head = param(rngs, (c.d_model, self.draft_vocab_size), ("embed", "vocab"), c, c.d_model ** -0.5)
 
+  def set_fused(self, fused: bool) -> None:
+    """fc and the head to the fused decode layout (models/backend_layout.py) or back; the layers
+    convert themselves."""
+    set_transposed(self, "fc", fused)
+    set_transposed(self, "lm_head", fused)
+
   @property
   def feature_dim(self) -> int:
     return len(self.feature_layers) * self.config.d_model
 
   def project_features(self, features):
     """Target features [..., len(feature_layers) * D] -> the first layer's hidden input [..., D]."""
-    return mm("btf,fd->btd", features, self.fc[...], self.config.jnp_dtype)
+    return dense(self, "fc", features, self.config.jnp_dtype)
 
   def draft_logits(self, states):
     """Layer outputs [B, T, D] -> fp32 logits over the draft vocabulary [B, T, draft_vocab_size]."""
-    return mm("btd,dv->btv", self.final_norm(states), self.lm_head[...], self.config.jnp_dtype, jnp.float32)
+    return dense(self, "lm_head", self.final_norm(states), self.config.jnp_dtype, jnp.float32)
 
   def _inputs(self, tokens, hidden):
     return jnp.concatenate([self.frozen_embeddings(tokens), hidden.astype(self.config.jnp_dtype)], -1)

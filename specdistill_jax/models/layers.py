@@ -122,6 +122,27 @@ def mm_left(x, w_t, dtype, out_dtype=None):
   return out[:, :rows].T.reshape(lead + (w_t.shape[0],))
 
 
+def dense(module, name: str, x, dtype, out_dtype=None):
+  """x [..., in] times the module's weight `name` ([in, out]), or `name`_t ([out, in]) once the
+  fused decode layout transposed it (`set_transposed`)."""
+  if hasattr(module, f"{name}_t"):
+    return mm_left(x, getattr(module, f"{name}_t")[...], dtype, out_dtype)
+  w = getattr(module, name)[...]
+  y = mm("btd,df->btf", x.reshape((1, -1, x.shape[-1])), w, dtype, out_dtype)
+  return y.reshape(x.shape[:-1] + (w.shape[-1],))
+
+
+def set_transposed(module, name: str, fused: bool) -> None:
+  """Store the [in, out] weight `name` as `name`_t [out, in] (fused) or back; same values."""
+  src, dst = (name, f"{name}_t") if fused else (f"{name}_t", name)
+  if not hasattr(module, src):
+    return
+  w = getattr(module, src)
+  axes = w.get_metadata().get("logical_axes")
+  setattr(module, dst, nnx.Param(w[...].T, logical_axes=None if axes is None else tuple(reversed(axes))))
+  delattr(module, src)
+
+
 def _token_axis(spec: str):
   """Axis of the token dimension in a weight matmul's activations ('bt...' or 't...'), else None."""
   lhs, out = spec.split(",")[0], spec.split("->")[1]

@@ -29,7 +29,7 @@ from flax import nnx
 
 from specdistill_jax.models import kv_cache as kvc
 from specdistill_jax.models.config import ModelConfig
-from specdistill_jax.models.layers import Block, RMSNorm, mm, mm_left, param
+from specdistill_jax.models.layers import Block, RMSNorm, mm, mm_left, param, set_transposed
 
 
 class Transformer(nnx.Module):
@@ -82,14 +82,7 @@ class Transformer(nnx.Module):
     for block in self.layers:
       block.attn.set_fused(fused)
       block.mlp.set_fused(fused)
-    if self.config.tie_embeddings:
-      return
-    if fused and hasattr(self, "lm_head"):
-      self.lm_head_t = nnx.Param(self.lm_head[...].T, logical_axes=("vocab", "embed"))
-      del self.lm_head
-    elif not fused and hasattr(self, "lm_head_t"):
-      self.lm_head = nnx.Param(self.lm_head_t[...].T, logical_axes=("embed", "vocab"))
-      del self.lm_head_t
+    set_transposed(self, "lm_head", fused)  # untied head; a tied one is the embedding [V, D] already
 
   def hidden(self, tokens, *, positions=None, segment_ids=None, feature_layers=()):
     """Final-normed hidden states [B, T, D]; `project` turns them into logits.

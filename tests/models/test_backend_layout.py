@@ -78,3 +78,15 @@ def test_decoding_is_unchanged_for_every_kind_of_draft():
 def test_unknown_layout_is_refused():
   with pytest.raises(ValueError, match="layout='cpu' is not one of"):
     backend_layout.for_decoding(_target(), "cpu")
+
+
+def test_draft_heads_convert_and_compute_the_same():
+  target = _target()
+  feature = models.create_feature_draft(target.config, num_layers=1, target=target, seed=2, draft_vocab_size=40)
+  fused = backend_layout.for_decoding(feature, "fused")
+  pure = nnx.to_pure_dict(nnx.state(fused))
+  assert {"fc_t", "lm_head_t"} <= set(pure) and not {"fc", "lm_head"} & set(pure)
+  states = jnp.asarray(np.random.default_rng(1).standard_normal((2, 3, target.config.d_model)), jnp.float32)
+  feats = jnp.asarray(np.random.default_rng(2).standard_normal((2, 3, feature.feature_dim)), jnp.float32)
+  _close(feature.draft_logits(states), fused.draft_logits(states), 1)
+  _close(feature.project_features(feats), fused.project_features(feats), 1)
