@@ -128,6 +128,8 @@ def dense(module, name: str, x, dtype, out_dtype=None):
   if hasattr(module, f"{name}_t"):
     return mm_left(x, getattr(module, f"{name}_t")[...], dtype, out_dtype)
   w = getattr(module, name)[...]
+  if x.ndim == 3:  # [B, T, in]: the training path, batch axis (and its sharding) kept
+    return mm("btd,df->btf", x, w, dtype, out_dtype)
   y = mm("btd,df->btf", x.reshape((1, -1, x.shape[-1])), w, dtype, out_dtype)
   return y.reshape(x.shape[:-1] + (w.shape[-1],))
 
