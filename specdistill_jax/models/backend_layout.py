@@ -8,8 +8,9 @@ Two layouts hold the same values:
 * `fused`: one q/k/v matrix [(H + 2 Hkv) head_dim, in], o as [D, H head_dim], one
   gate/up matrix [2 F, D], down as [D, F], the head as [V, D]: one dot per group with the
   weights as the left operand (`layers.mm_left`). XLA:CPU runs B=1 decoding's small-M
-  dots much faster this way (bf16 30-layer skeleton 28.7 -> 13.7 ms at two rows on the AMX
-  machine; experiments/results/target_benchmark.md); on GPU/TPU the standard layout stays.
+  dots much faster this way (the real target's bf16 one-token pass 40.7 -> 24.1 ms on the AMX
+  machine: `python experiments/bench_target.py`, which times both); on GPU/TPU the standard
+  layout stays.
 
 `for_decoding(model)` returns the model in the layout for this backend (`layout='auto'`:
 fused on CPU, standard elsewhere); `standard(model)` converts back. Both return a new model
@@ -40,7 +41,7 @@ def _with_layout(model, fused: bool):
   graphdef, state = nnx.split(model)
   model = nnx.merge(graphdef, state)  # a new graph over the same arrays
   for node in [node for _, node in nnx.iter_graph(model) if hasattr(node, "set_fused")]:
-    node.set_fused(fused)  # idempotent: a model's own set_fused also converts its layers
+    node.set_fused(fused)  # each module converts its own weights (layers, heads, fc)
   return model
 
 

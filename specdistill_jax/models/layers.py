@@ -109,8 +109,8 @@ def mm_left(x, w_t, dtype, out_dtype=None):
 
   The fused decode layout's matmul (models/backend_layout.py): XLA:CPU runs small-M dots
   1.5-3x faster as W[out, in] . x^T than as x . W (../shared/bench/xla_cpu_dots.py;
-  experiments/results/target_benchmark.md). One row runs as two (the matrix-vector dot
-  is ~10x slower), as in `mm`.
+  `python experiments/bench_target.py` times both layouts). One row runs as two (the
+  matrix-vector dot is ~10x slower), as in `mm`.
   """
   lead = x.shape[:-1]
   x2 = x.reshape(-1, x.shape[-1]).astype(dtype)

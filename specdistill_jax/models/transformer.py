@@ -78,11 +78,9 @@ class Transformer(nnx.Module):
     return self.layers[0].attn.fused if len(self.layers) else False
 
   def set_fused(self, fused: bool) -> None:
-    """Every layer and the head to the fused (True) or the standard layout; same values."""
-    for block in self.layers:
-      block.attn.set_fused(fused)
-      block.mlp.set_fused(fused)
-    set_transposed(self, "lm_head", fused)  # untied head; a tied one is the embedding [V, D] already
+    """An untied head to the fused (True) or the standard layout (a tied one is the embedding
+    [V, D] already); backend_layout converts the layers' attention and MLP itself."""
+    set_transposed(self, "lm_head", fused)
 
   def hidden(self, tokens, *, positions=None, segment_ids=None, feature_layers=()):
     """Final-normed hidden states [B, T, D]; `project` turns them into logits.
