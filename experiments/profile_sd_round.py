@@ -1,6 +1,7 @@
 """Where one speculative-decoding round of the real pair goes: jax.profiler trace + XLA's HLO dump.
 
-    python experiments/profile_sd_round.py [--target DIR] [--draft DIR] [--gamma 4] [--temperature 0]
+    python experiments/profile_sd_round.py [--target DIR] [--draft DIR|prompt_lookup:3:1] [--gamma 4]
+        [--temperatures 0,1] [--dtype bfloat16] [--layout auto]
 
 Runs `speculative_generate` on the real pair at B=1 (compiled once, then traced),
 with XLA dumping the optimised HLO of the decode program. Every op the trace
@@ -29,9 +30,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
 from specdistill_jax import loading, sampling  # noqa: E402
-from specdistill_jax.models import import_gguf  # noqa: E402
+from specdistill_jax.models import backend_layout, import_gguf  # noqa: E402
 from studylib import write_text  # noqa: E402
 
 SCOPES = ("draft_propose", "target_verify", "accept_and_advance")
@@ -122,13 +124,18 @@ def main(argv=None):
   p.add_argument("--gamma", type=int, default=4)
   p.add_argument("--temperatures", default="0,1")
   p.add_argument("--max_new_tokens", type=int, default=64)
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--layout", default="standard", choices=("auto", "standard", "fused"),
+                 help="parameter layout of both models (models/backend_layout.py)")
   p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "sd_round_profile.md"))
   args = p.parse_args(argv)
   # read when the CPU backend starts, i.e. at the first computation below
   dump = tempfile.mkdtemp(prefix="sd_round_hlo_")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={dump} "
                              "--xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*run.*").strip()
-  target, draft = loading.load_model(args.target), loading.load_model(args.draft)
+  dtype = jnp.dtype(args.dtype)
+  target = backend_layout.for_decoding(loading.load_model(args.target, dtype=dtype), args.layout)
+  draft = backend_layout.for_decoding(loading.load_draft(args.draft, target, dtype=dtype), args.layout)
   from specdistill_jax.data import prompts as prompt_sets  # bench_decode's old default prompt
   prompt = prompt_sets.historical_queries(loading.load_tokenizer(args.target), "sharegpt_chat", "validation", 1,
                                           max_prompt_tokens=48)
@@ -137,9 +144,12 @@ def main(argv=None):
               for t in (float(x) for x in args.temperatures.split(","))]
   text = "\n".join([
       "# Where one speculative-decoding round of the real pair goes", "",
-      f"Command: `python experiments/profile_sd_round.py --gamma {args.gamma} --temperatures {args.temperatures}`",
+      f"Command: `python experiments/profile_sd_round.py --target {args.target} --draft {args.draft} "
+      f"--gamma {args.gamma} --temperatures {args.temperatures} --max_new_tokens {args.max_new_tokens} "
+      f"--dtype {args.dtype} --layout {args.layout} --out {args.out}`",
       "",
-      f"Target {os.path.basename(os.path.normpath(args.target))}, draft {os.path.relpath(args.draft, ROOT)}; fp32, "
+      f"Target {os.path.basename(os.path.normpath(args.target))}, draft {args.draft}; {args.dtype}, "
+      f"{backend_layout.resolve(args.layout)} parameter layout, "
       f"B=1, gamma {args.gamma}, {args.max_new_tokens} new tokens of one chat prompt; jax {jax.__version__} on "
       f"{os.cpu_count()} CPU cores. Per round: the XLA ops that jax.profiler recorded, summed and attributed "
       "through the HLO dump's op_name to the named scopes of sampling/speculative.py and to the einsum or "

@@ -60,11 +60,11 @@ def test_target_benchmark_runs_on_the_real_target(real_target, tmp_path):
   import json
 
   import bench_target
-  bench_target.main(["--model", real_target, "--ks", "1,2", "--dtypes", "float32", "--steps", "2",
-                     "--out", str(tmp_path / "t.md"), "--json", str(tmp_path / "t.json")])
+  bench_target.main(["--model", real_target, "--ks", "1,2", "--dtypes", "float32", "--layouts", "fused",
+                     "--steps", "2", "--out", str(tmp_path / "t.md"), "--json", str(tmp_path / "t.json")])
   rows = json.load(open(tmp_path / "t.json"))
-  assert [(r["model"], r["dtype"], r["tokens"]) for r in rows] == [
-      ("smollm2-135m-instruct", "float32", 1), ("smollm2-135m-instruct", "float32", 2)]
+  assert [(r["model"], r["dtype"], r["layout"], r["tokens"]) for r in rows] == [
+      ("smollm2-135m-instruct", "float32", "fused", 1), ("smollm2-135m-instruct", "float32", "fused", 2)]
   assert all(r["ms"] > 0 and r["limit_ms"] > 0 for r in rows)
   assert "fraction of the limit" in open(tmp_path / "t.md").read()
 
