@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import platform
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,8 +84,9 @@ def main(argv=None):
   text = "\n".join([
       "# The real target's cached forward at B=1", "",
       f"Command: `python experiments/bench_target.py --ks {args.ks} --dtypes {args.dtypes} "
-      f"--layouts {args.layouts}`", "",
-      f"Machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPU cores, jax "
+      f"--layouts {args.layouts} --cache {args.cache} --steps {args.steps} --out {os.path.relpath(args.out, ROOT)} "
+      f"--json {os.path.relpath(args.json, ROOT)}`", "",
+      f"Machine: {backend_layout.describe_cpu()}, {os.cpu_count()} CPU cores, jax "
       f"{jax.__version__} ({jax.devices()[0].platform}). Model: {args.name} (converted by specdistill_jax.models.import_gguf). Read "
       f"bandwidth measured in this run: {bw / 1e9:.1f} GB/s (XLA reduction over 256 MB).", "",
       "limit = bytes of the parameters in that dtype / bandwidth (every weight is read once per "

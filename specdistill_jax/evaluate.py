@@ -30,6 +30,7 @@ from flax import nnx
 
 from specdistill_jax import sampling
 from specdistill_jax.sampling import proposer
+from specdistill_jax.sampling import distributions as dist
 
 
 def expected_tau(alpha: float, gamma: int) -> float:
@@ -53,7 +54,7 @@ def _step_program(graphdef, steps: int):
     def body(_, carry):
       c, t = carry
       logits, c, _ = proposer.feed(model, t, c)
-      return c, jnp.argmax(logits, -1).astype(jnp.int32)
+      return c, dist.argmax(logits)
 
     return jax.lax.fori_loop(0, steps, body, (cache, token))
   return run

@@ -42,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--pair", default=None, help="name of the pair in the results (default: the two dir names)")
   p.add_argument("--max_prompt_tokens", type=int, default=1024)
   p.add_argument("--layout", default="auto", choices=("auto", "standard", "fused"),
-                 help="parameter layout for decoding (models/backend_layout.py; auto: fused on CPU)")
+                 help="parameter layout for decoding (models/backend_layout.py; auto: fused for bf16 on a CPU with AMX, else standard)")
   p.add_argument("--out", default=DEFAULTS_OUT)
   p.add_argument("--json", default=os.path.join("experiments", "results", "decode_benchmark.json"))
   return p

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 
 from specdistill_jax.bench.suite import SuiteResult
+from specdistill_jax.models import backend_layout
 
 PROTOCOL = (
     "Protocol: batch 1; every prompt of each set decoded (or the printed --limit, taken round-robin over "
@@ -49,7 +49,7 @@ def _greedy(s) -> str:
 def markdown(result: SuiteResult, command: str, minutes: float) -> str:
   import jax
   lines = [f"# Speculative decoding benchmark: {result.pair}", "", f"Command: `{command}`", "",
-           f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} "
+           f"Machine: {backend_layout.describe_cpu()}, {os.cpu_count()} CPU cores, jax {jax.__version__} "
            f"({jax.devices()[0].platform}); {result.dtype} parameters and compute, "
            f"{result.layout} parameter layout (models/backend_layout.py). This run took {minutes:.1f} min.",
            "", PROTOCOL.format(new=result.max_new_tokens, repeats=result.repeats), ""]

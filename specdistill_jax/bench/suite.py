@@ -202,4 +202,4 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
       log(f"  peer {r['system']}: {r['tokens_per_second']} tok/s ({r['note']})")
     results.append(SetResult(name, len(prompts), limit, c, v, rounds, 1e3 * step, summaries, peer_rows))
   return SuiteResult(pair, dtype, max_new_tokens, repeats, list(methods), list(temperatures), results,
-                     backend_layout.resolve(layout))
+                     backend_layout.resolve(layout, jnp.dtype(dtype)))

@@ -7,32 +7,72 @@ Two layouts hold the same values:
   rule uses, and what `save_hf` writes.
 * `fused`: one q/k/v matrix [(H + 2 Hkv) head_dim, in], o as [D, H head_dim], one
   gate/up matrix [2 F, D], down as [D, F], the head as [V, D]: one dot per group with the
-  weights as the left operand (`layers.mm_left`). XLA:CPU runs B=1 decoding's small-M
-  dots much faster this way (the real target's bf16 one-token pass 40.7 -> 24.1 ms on the AMX
-  machine: `python experiments/bench_target.py`, which times both); on GPU/TPU the standard
-  layout stays.
+  weights as the left operand (`layers.mm_left`).
 
-`for_decoding(model)` returns the model in the layout for this backend (`layout='auto'`:
-fused on CPU, standard elsewhere); `standard(model)` converts back. Both return a new model
-object sharing nothing mutable with the argument (the weights are new arrays where they
-moved). This module and `models/layers.py` are the only places that know about layouts.
+Which one is faster depends on the CPU's matrix unit, so `auto` decides per machine and dtype
+(`python experiments/bench_target.py` times both layouts in one run; its 1-token bf16 pass):
+
+* Intel Xeon with AMX (amx_bf16), bf16: standard 40.7 ms, fused 24.1 ms (fp32: 33.8 / 39.9);
+* AMD EPYC without AMX (avx512_bf16), bf16: standard 27.1 ms, fused 35.5 ms (fp32: 27.4 / 35.1).
+
+`auto` is therefore `fused` for a bf16 (or narrower) model on a CPU with AMX and `standard`
+everywhere else, GPU/TPU included: a fixed rule (never a timing taken at load), so the same
+machine always decodes with the same layout and the same rounding.
+
+`for_decoding(model)` returns the model in the layout `auto` picks for it (or the one asked
+for); `standard(model)` converts back. Both return a new model object sharing nothing mutable
+with the argument (the weights are new arrays where they moved). This module and
+`models/layers.py` are the only places that know about layouts.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 LAYOUTS = ("auto", "standard", "fused")
 
 
-def resolve(layout: str = "auto") -> str:
-  """'auto' -> 'fused' on CPU, 'standard' on GPU/TPU; ValueError for an unknown name."""
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> dict:
+  """The first processor's fields of Linux /proc/cpuinfo (empty elsewhere)."""
+  out = {}
+  try:
+    with open("/proc/cpuinfo") as fh:
+      for line in fh:
+        if not line.strip():
+          break
+        key, _, value = line.partition(":")
+        out[key.strip()] = value.strip()
+  except OSError:
+    pass
+  return out
+
+
+def _cpu_flags() -> frozenset:
+  return frozenset(_cpuinfo().get("flags", "").split())
+
+
+def describe_cpu() -> str:
+  """'<model name> (AMX)' or '<model name> (no AMX)': what the results headers print, since
+  the layout `auto` picks depends on it."""
+  name = _cpuinfo().get("model name", "unknown CPU")
+  return f"{name} ({'AMX' if 'amx_bf16' in _cpu_flags() else 'no AMX'})"
+
+
+def resolve(layout: str = "auto", dtype=None) -> str:
+  """The layout name decoding uses: 'auto' -> 'fused' for a bf16 (or narrower) compute dtype on
+  a CPU with AMX, else 'standard' (see the module docstring); ValueError for an unknown name."""
   if layout not in LAYOUTS:
     raise ValueError(f"layout={layout!r} is not one of {LAYOUTS}")
-  if layout == "auto":
-    return "fused" if jax.default_backend() == "cpu" else "standard"
-  return layout
+  if layout != "auto":
+    return layout
+  narrow = dtype is not None and jnp.dtype(dtype).itemsize <= 2
+  amx = jax.default_backend() == "cpu" and "amx_bf16" in _cpu_flags()
+  return "fused" if narrow and amx else "standard"
 
 
 def _with_layout(model, fused: bool):
@@ -45,9 +85,16 @@ def _with_layout(model, fused: bool):
   return model
 
 
+def compute_dtype(model):
+  """The dtype `model` computes in (None for a drafter without weights, e.g. prompt lookup)."""
+  config = getattr(model, "config", None)
+  return getattr(config, "jnp_dtype", None)
+
+
 def for_decoding(model, layout: str = "auto"):
-  """`model` (a target or any draft) in `layout` ('auto': this backend's fast one)."""
-  return _with_layout(model, resolve(layout) == "fused")
+  """`model` (a target or any draft) in `layout` ('auto': the fast one for this CPU and the
+  model's dtype)."""
+  return _with_layout(model, resolve(layout, compute_dtype(model)) == "fused")
 
 
 def standard(model):

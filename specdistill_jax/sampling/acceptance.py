@@ -76,7 +76,7 @@ def _at(x: jax.Array, index: jax.Array) -> jax.Array:
 
 def greedy(draft_tokens: jax.Array, target_logits: jax.Array):
   """draft_tokens [B, G], target_logits [B, G+1, V] -> (n [B], t [B])."""
-  target_tokens = jnp.argmax(target_logits, axis=-1).astype(jnp.int32)
+  target_tokens = dist.argmax(target_logits)
   g = draft_tokens.shape[1]
   n = accepted_prefix(draft_tokens == target_tokens[:, :g])
   return n, _at(target_tokens, n)

@@ -12,6 +12,10 @@ draft's a few ms). The CDF is two-level (blocks of 256 tokens, then the tokens
 of one block), so fp32 rounding of the cumulative sums moves at most ~1e-5 of
 probability mass in total, where one flat cumsum over 49k entries could move
 ~V * eps = 6e-3.
+
+`argmax` over the vocabulary is two plain reductions (max, then the first index holding
+it): XLA:CPU runs jnp.argmax's variadic (value, index) reduce unvectorised, 0.67 ms for a
+verification pass's [5, 49152] logits on 2 cores against 0.16 ms.
 """
 
 from __future__ import annotations
@@ -74,17 +78,29 @@ def sample_from_probs(key: jax.Array, probs: jax.Array) -> jax.Array:
   return jnp.minimum(j * _BLOCK + i, v - 1).astype(jnp.int32).reshape(lead)
 
 
+def argmax(logits: jax.Array) -> jax.Array:
+  """int32 index of the largest entry along the last axis (the first one on ties), as jnp.argmax.
+
+  A row holding NaN gives its last index (jnp.argmax: the first NaN's); logits are never NaN
+  in a working model.
+  """
+  v = logits.shape[-1]
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  return jnp.minimum(jnp.min(jnp.where(logits == top, iota, v), axis=-1), v - 1)
+
+
 def sample(key: jax.Array, logits: jax.Array, greedy: bool, temperature,
            top_k: Optional[int] = None, top_p: Optional[float] = None) -> jax.Array:
   """One token per row: argmax when greedy, else a draw from the filtered, scaled distribution."""
   if greedy:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return argmax(logits)
   return sample_from_probs(key, jnp.exp(scaled_log_probs(logits, temperature, top_k, top_p)))
 
 
 def one_hot_log_probs(logits: jax.Array) -> jax.Array:
   """The temperature-0 distribution: all mass on the argmax (log 1 = 0, else ~-inf)."""
-  hot = jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=jnp.bool_)
+  hot = jax.nn.one_hot(argmax(logits), logits.shape[-1], dtype=jnp.bool_)
   return jnp.where(hot, 0.0, NEG_INF)
 
 

@@ -142,7 +142,7 @@ def accept_chain(ctx: RoundContext, prop: ChainProposal, ver: Verification, key)
   d_tokens, d_logits = prop.chosen()
   if ctx.greedy:
     n, t_next = acceptance.greedy(d_tokens, ver.logits)
-    same = jnp.argmax(d_logits, -1) == jnp.argmax(ver.logits[:, :ctx.gamma], -1)
+    same = dist.argmax(d_logits) == dist.argmax(ver.logits[:, :ctx.gamma])
     tvd = 1.0 - same.astype(jnp.float32)
   else:
     log_p = dist.scaled_log_probs(ver.logits, ctx.temperature)

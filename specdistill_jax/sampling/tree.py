@@ -314,7 +314,7 @@ def _walk(key, f: Forest, log_p, *, spec: TreeSpec, greedy: bool, num_drafters: 
     cand = jnp.argsort(jnp.where(is_child, f.order, jnp.iinfo(jnp.int32).max))[:siblings]
     cand_ok = is_child[cand]
     if greedy:
-      match = cand_ok & (f.tokens[cand] == jnp.argmax(r))
+      match = cand_ok & (f.tokens[cand] == dist.argmax(r))
       chosen = jnp.where(match.any(), cand[jnp.argmax(match)], -1)
     else:
       def test(carry, inputs):
@@ -338,7 +338,7 @@ def _walk(key, f: Forest, log_p, *, spec: TreeSpec, greedy: bool, num_drafters: 
     r = jnp.where(hit, p_all[1 + node], r)
     cur = jnp.where(hit, node, cur)
     stopped = stopped | ~hit
-  t = jnp.argmax(r).astype(jnp.int32) if greedy else dist.sample_from_probs(level_keys[-1], r)
+  t = dist.argmax(r) if greedy else dist.sample_from_probs(level_keys[-1], r)
   return n, path, t
 
 

@@ -75,6 +75,18 @@ def test_decoding_is_unchanged_for_every_kind_of_draft():
     assert plain == fast == expected
 
 
+def test_auto_is_fused_only_for_bf16_on_a_cpu_with_amx(monkeypatch):
+  bf16 = _target(dtype="bfloat16")
+  monkeypatch.setattr(backend_layout, "_cpu_flags", lambda: frozenset({"avx512f", "amx_bf16", "amx_tile"}))
+  assert backend_layout.resolve("auto", jnp.bfloat16) == "fused"
+  assert backend_layout.is_fused(backend_layout.for_decoding(bf16))
+  assert not backend_layout.is_fused(backend_layout.for_decoding(_target()))  # fp32: standard is faster
+  assert backend_layout.resolve("auto") == "standard"  # no weights (prompt lookup): nothing to convert
+  monkeypatch.setattr(backend_layout, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))  # AMD EPYC
+  assert not backend_layout.is_fused(backend_layout.for_decoding(bf16))
+  assert backend_layout.resolve("fused", jnp.float32) == "fused"  # an explicit layout is kept
+
+
 def test_unknown_layout_is_refused():
   with pytest.raises(ValueError, match="layout='cpu' is not one of"):
     backend_layout.for_decoding(_target(), "cpu")

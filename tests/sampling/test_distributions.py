@@ -51,3 +51,15 @@ def test_unnormalised_rows_and_batch_shapes():
                     for s in range(400)])
   assert draws.shape == (400, 2) and set(draws[:, 1]) == {0}
   assert set(draws[:, 0]) <= {1, 3} and 0.65 < np.mean(draws[:, 0] == 3) < 0.85  # 0.75 expected
+
+
+def test_argmax_equals_jnp_argmax_with_ties_and_infinities():
+  x = jax.random.normal(jax.random.PRNGKey(3), (4, 3, 49152))
+  x = x.at[0, 0, 7].set(9.0).at[0, 0, 4000].set(9.0)  # a tie: the first index wins
+  x = x.at[1].set(-jnp.inf)  # rows with no finite entry
+  x = x.at[2, 1, 49151].set(50.0)  # the last entry
+  x = x.astype(jnp.bfloat16).at[3].set(jnp.bfloat16(1.0))  # all equal in a low-precision dtype
+  got, want = dist.argmax(x), jnp.argmax(x, axis=-1)
+  assert got.dtype == jnp.int32 and got.shape == (4, 3)
+  np.testing.assert_array_equal(got, want)
+  assert int(got[0, 0]) == 7 and int(got[2, 1]) == 49151
