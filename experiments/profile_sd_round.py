@@ -95,26 +95,37 @@ def profile(target, draft, prompt, gamma, temperature, max_new, dump) -> str:
       _, stats = run()
     events = trace_events(trace_dir)
   scopes = hlo_scopes(dump)
-  by_scope, by_kind = collections.Counter(), collections.Counter()
+  by_scope, by_kind, ops = collections.Counter(), collections.Counter(), collections.Counter()
+  by_op, op_count = collections.Counter(), collections.Counter()
   for e in events:
     name = e["args"]["hlo_op"]
     if name in scopes and not name.startswith(("while", "conditional", "call")):
       scope, k = scopes[name]
       by_scope[scope] += e["dur"] / 1e3
       by_kind[(scope, k)] += e["dur"] / 1e3
+      ops[scope] += 1
+      base = (scope, re.sub(r"\.\d+$", "", name))  # the instruction's kind: ynn_fusion, wrapped_scatter, ...
+      by_op[base] += e["dur"] / 1e3
+      op_count[base] += 1
   rounds, total, wall_ms = stats["rounds"], sum(by_scope.values()), stats["wall_seconds"] * 1e3
   rows = []
   for scope in SCOPES + (OTHER,):
-    rows.append(f"| {scope} | | {by_scope[scope] / rounds:.2f} | {by_scope[scope] / total:.0%} |")
+    rows.append(f"| {scope} | | {ops[scope] / rounds:.0f} | {by_scope[scope] / rounds:.2f} | "
+                f"{by_scope[scope] / total:.0%} |")
     for (s, k), ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):
       if s == scope and ms / rounds >= 0.05:
-        rows.append(f"| | {k} | {ms / rounds:.2f} | {ms / total:.0%} |")
+        rows.append(f"| | {k} | | {ms / rounds:.2f} | {ms / total:.0%} |")
+  top = [f"| {s} | {op} | {op_count[(s, op)] / rounds:.0f} | {ms / rounds:.2f} | "
+         f"{1e3 * ms / op_count[(s, op)]:.1f} |" for (s, op), ms in by_op.most_common(12)]
   return "\n".join([
       f"## Temperature {temperature:g}", "",
       f"{rounds} rounds (tau {stats['tau']:.2f}, alpha {stats['alpha']:.2f}) in {wall_ms:.0f} ms: "
       f"{wall_ms / rounds:.1f} ms per round of wall time; the traced ops sum to {total / rounds:.1f} ms per round "
-      "(the rest is dispatch and the loop's control).", "",
-      "| scope | op kind | ms per round | share |", "|---|---|---:|---:|", *rows, ""])
+      f"(the rest, {(wall_ms - total) / rounds:.1f} ms, is dispatch between the "
+      f"{sum(ops.values()) / rounds:.0f} ops of a round, the loop's control and the host's call).", "",
+      "| scope | op kind | ops per round | ms per round | share |", "|---|---|---:|---:|---:|", *rows, "",
+      "The 12 costliest HLO instruction kinds (the optimised HLO's names without their numbers):", "",
+      "| scope | instruction | per round | ms per round | us each |", "|---|---|---:|---:|---:|", *top, ""])
 
 
 def main(argv=None):
@@ -148,26 +159,19 @@ def main(argv=None):
       "# Where one speculative-decoding round of the real pair goes", "",
       f"Command: `python experiments/profile_sd_round.py --target {args.target} --draft {args.draft} "
       f"--prompt {args.prompt} --gamma {args.gamma} --temperatures {args.temperatures} --max_new_tokens {args.max_new_tokens} "
-      f"--dtype {args.dtype} --layout {args.layout} --out {args.out}`",
+      f"--dtype {args.dtype} --layout {args.layout} --out {os.path.relpath(args.out, ROOT)}`",
       "",
       f"Target {os.path.basename(os.path.normpath(args.target))}, draft {args.draft}; {args.dtype}, "
-      f"{backend_layout.resolve(args.layout)} parameter layout, "
+      f"{backend_layout.resolve(args.layout, dtype)} parameter layout, "
       f"B=1, gamma {args.gamma}, {args.max_new_tokens} new tokens of MT-Bench turn-1 prompt {args.prompt}; jax {jax.__version__} on "
-      f"{os.cpu_count()} CPU cores. Per round: the XLA ops that jax.profiler recorded, summed and attributed "
+      f"{backend_layout.describe_cpu()}, {os.cpu_count()} cores. Per round: the XLA ops that jax.profiler recorded, summed and attributed "
       "through the HLO dump's op_name to the named scopes of sampling/speculative.py and to the einsum or "
       "primitive that produced them. A fusion carries the name of its root op (a softmax fused with the LM "
       "head that feeds it is listed as softmax).", "", *sections,
-      "## Reading it", "",
-      "* The target's verification pass is two thirds to three quarters of a round, and inside it the layer "
-      "matmuls on gamma+1 rows: with the weights as the right operand, XLA:CPU's small-M dots are compute-bound "
-      "here, so v(gamma+1) is well above 1 (experiments/results/target_benchmark.md). "
-      "`python ../shared/bench/xla_cpu_dots.py` shows fused qkv / gate-up weights as the left operand cutting "
-      "the 8-row skeleton by about a fifth on this CPU; that needs a fused parameter layout.",
-      "* The draft's proposal is dominated by its 49k-entry LM head (about 60% of draft_propose): a reduced "
-      "draft vocabulary with a draft-to-target id map (the feature-drafter issue) is the lever for c.",
-      "* Acceptance, cache roll-back and bookkeeping cost 1.6 ms at T=0; at T=1 the target's log-softmax over "
-      "49k entries is fused into the LM head, so the head's time shows up under accept_and_advance.",
-      "* Attention over the 512-slot cache is a fraction of a millisecond per round at B=1."])
+      "How to read it: target_verify is the target's (gamma+1)-token pass and draft_propose the draft's "
+      "gamma steps; accept_and_advance, the loop and the untraced rest are the round's work outside the "
+      "two models (issue target: <= 5% of a round). At B=1 on 2 CPU cores most small ops cost their "
+      "dispatch more than their arithmetic, so the op counts matter as much as the milliseconds."])
   write_text(args.out, text)
 
 
