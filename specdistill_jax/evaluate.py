@@ -70,8 +70,8 @@ def _round_program(graphdef, gamma: int, rounds: int):
 
     def body(i, carry):
       c, acc = carry
-      toks, logits, c = proposer.propose(model, c, pending, n_pending, hidden, jax.random.PRNGKey(i), gamma,
-                                         True, 1.0)
+      toks, logits, c, _ = proposer.propose(model, c, pending, n_pending, hidden, jax.random.PRNGKey(i), gamma,
+                                            True, 1.0)
       # every round starts from the same cache length; the sum keeps the proposals live
       return c.with_lengths(start), acc + jnp.sum(toks) + jnp.sum(logits[..., 0])
 

@@ -74,11 +74,20 @@ def _at(x: jax.Array, index: jax.Array) -> jax.Array:
   return jnp.take_along_axis(x, idx, axis=1)[:, 0]
 
 
-def greedy(draft_tokens: jax.Array, target_logits: jax.Array):
-  """draft_tokens [B, G], target_logits [B, G+1, V] -> (n [B], t [B])."""
+def _proposed(draft_tokens: jax.Array, lengths: Optional[jax.Array]) -> jax.Array:
+  """[B, G] bool: the drafts that are proposals (the first lengths[b] of each row; None: all)."""
+  if lengths is None:
+    return jnp.ones(draft_tokens.shape, jnp.bool_)
+  return jnp.arange(draft_tokens.shape[1])[None, :] < lengths[:, None]
+
+
+def greedy(draft_tokens: jax.Array, target_logits: jax.Array, lengths: Optional[jax.Array] = None):
+  """draft_tokens [B, G], target_logits [B, G+1, V] -> (n [B], t [B]).
+
+  lengths [B]: only the first lengths[b] drafts are proposals (None: all G); n <= lengths."""
   target_tokens = dist.argmax(target_logits)
   g = draft_tokens.shape[1]
-  n = accepted_prefix(draft_tokens == target_tokens[:, :g])
+  n = accepted_prefix((draft_tokens == target_tokens[:, :g]) & _proposed(draft_tokens, lengths))
   return n, _at(target_tokens, n)
 
 
@@ -91,10 +100,12 @@ def correction(p: jax.Array, q: jax.Array) -> jax.Array:
 
 
 def stochastic(key: jax.Array, draft_tokens: jax.Array, log_q: jax.Array, log_p: jax.Array,
-               kind: Optional[str] = None, eps=1.0):
+               kind: Optional[str] = None, eps=1.0, lengths: Optional[jax.Array] = None):
   """Exact (kind None) or lossy rule.
 
-  draft_tokens [B, G]; log_q [B, G, V] draft log-probs; log_p [B, G+1, V] target log-probs.
+  draft_tokens [B, G]; log_q [B, G, V] draft log-probs; log_p [B, G+1, V] target log-probs;
+  lengths [B]: only the first lengths[b] drafts are proposals (None: all G). Past them there
+  is no draft: t is drawn from p itself, as after G acceptances (q := 0 there).
   Returns (n [B], t [B], tvd [B, G]) where tvd_i = 0.5 * sum |p_i - q_i|.
   """
   b, g = draft_tokens.shape
@@ -103,11 +114,12 @@ def stochastic(key: jax.Array, draft_tokens: jax.Array, log_q: jax.Array, log_p:
   log_p_d = jnp.take_along_axis(log_p[:, :g], idx, axis=-1)[..., 0]
   log_q_d = jnp.take_along_axis(log_q, idx, axis=-1)[..., 0]
   u = jax.random.uniform(k_accept, (b, g), minval=jnp.finfo(jnp.float32).tiny)
-  accept = jnp.log(u) + log_q_d < lenient_log_target(log_p_d, kind, eps)
+  accept = (jnp.log(u) + log_q_d < lenient_log_target(log_p_d, kind, eps)) & _proposed(draft_tokens, lengths)
   n = accepted_prefix(accept)
-  # residual at position n: max(0, p_n - q_n), with q_{G+1} := 0 (the bonus token)
+  # residual at position n: max(0, p_n - q_n), with q := 0 past the proposals (the bonus token)
   p_n = jnp.exp(_at(log_p, n))
-  q_n = jnp.where((n < g)[:, None], jnp.exp(_at(log_q, jnp.minimum(n, g - 1))), 0.0)
+  last = g if lengths is None else lengths
+  q_n = jnp.where((n < last)[:, None], jnp.exp(_at(log_q, jnp.minimum(n, g - 1))), 0.0)
   t = dist.sample_from_probs(k_next, correction(p_n, q_n))
   tvd = 0.5 * jnp.sum(jnp.abs(jnp.exp(log_p[:, :g]) - jnp.exp(log_q)), axis=-1)
   return n, t, tvd

@@ -22,8 +22,12 @@ is a chain:
   so exact rejection sampling accepts a draft d with probability p(d) and
   draws a rejection's replacement from p without d: T > 0 stays exact.
 
-When no n-gram matches, it proposes the last token again (a guess that costs
-nothing more: the verification pass has the same width either way).
+When no n-gram matches it has no proposal. Its logits then still hold a point mass (on
+the last token again, so a tree node keeps one child), and its states (`features`
+[B, T, 1]: 1.0 where the n-gram matched) tell the engine: a chain round verifies only
+the drafts up to the first unmatched one (`proposal_lengths`), and a round in which no
+row has one is a one-token pass (sampling/rounds.py), so a text that never repeats
+decodes at the cost of plain decoding instead of a (gamma+1)-token pass per token.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from specdistill_jax.models import kv_cache as kvc
+from specdistill_jax.sampling.acceptance import accepted_prefix
 
 _OFF = -1e30  # logit of every token but the proposed one (finite: no inf - inf under scaling)
 
@@ -85,13 +90,23 @@ class PromptLookup(nnx.Module):
     history = kvc.scatter_rows(cache.keys[0][..., 0, 0], tokens, slots)
     if mask is None:
       mask = kvc.cached_attention_mask(slots, history.shape[1])
-    nxt = jax.vmap(lambda h, m: jax.vmap(lambda mj: self.propose(*_visible_text(h, mj)))(m))(history, mask)
+    nxt, matched = jax.vmap(lambda h, m: jax.vmap(lambda mj: self.lookup(*_visible_text(h, mj)))(m))(history, mask)
     logits = jnp.where(jax.nn.one_hot(kvc.rows_at(nxt, logits_at), self.config.vocab_size, dtype=jnp.bool_), 0.0, _OFF)
     new = kvc.KVCache((history[..., None, None],), cache.values, cache.lengths + num_valid)
-    return kvc.CachedForward(logits, new)
+    return kvc.CachedForward(logits, new, matched.astype(jnp.float32)[..., None])
+
+  @staticmethod
+  def proposal_lengths(states):
+    """How many leading drafts [B] are proposals: states [B, G, 1] of the G drafts (1.0 where
+    the n-gram matched) -> the drafts before the first unmatched one."""
+    return accepted_prefix(states[..., 0] > 0)
 
   def propose(self, history, length):
     """The next token after history[:length] (history [S] int32; length a traced scalar >= 1)."""
+    return self.lookup(history, length)[0]
+
+  def lookup(self, history, length):
+    """(next token, whether an n-gram matched) after history[:length]; unmatched: the last token."""
     s = history.shape[0]
     idx = jnp.arange(s)
     best = jnp.int32(-1)
@@ -103,7 +118,7 @@ class PromptLookup(nnx.Module):
       last = jnp.max(jnp.where(match, idx + n, -1))  # the continuation's index, most recent match
       best = jnp.where(last >= 0, last, best)
     fallback = jax.lax.dynamic_index_in_dim(history, jnp.maximum(length - 1, 0), keepdims=False)
-    return jnp.where(best >= 0, history[jnp.maximum(best, 0)], fallback)
+    return jnp.where(best >= 0, history[jnp.maximum(best, 0)], fallback), best >= 0
 
 
 def _visible_text(history, visible):

@@ -19,7 +19,7 @@ in speculative.py and tree.py call `propose` / `feed` for every kind and carry
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -61,12 +61,27 @@ def drafts_blocks(draft) -> bool:
   return hasattr(draft, "draft_block")
 
 
-def propose(model, cache, pending, n_pending, hidden, key, gamma: int, greedy: bool, temperature):
-  """Feed the pending tokens, then draft gamma tokens. -> (tokens [B, G], logits [B, G, V], cache)."""
+class Proposal(NamedTuple):
+  """A drafter's chain: tokens [B, G], their logits [B, G, V], its cache after proposing, and
+  lengths [B]: how many leading drafts are proposals (None: all G; see `proposal_lengths`)."""
+  tokens: jax.Array
+  logits: jax.Array
+  cache: Any
+  lengths: Optional[jax.Array] = None
+
+
+def proposes_partial(draft) -> bool:
+  """Whether the draft may propose fewer than gamma tokens in a round (it has `proposal_lengths`:
+  prompt lookup, whose n-gram may not match)."""
+  return hasattr(draft, "proposal_lengths")
+
+
+def propose(model, cache, pending, n_pending, hidden, key, gamma: int, greedy: bool, temperature) -> Proposal:
+  """Feed the pending tokens, then draft gamma tokens."""
   if drafts_blocks(model):  # all gamma distributions from one pass, independent draws
     cache = feed(model, pending, cache, n_pending, hidden=hidden).cache
     logits = model.draft_block(last_valid(pending[..., None], n_pending)[:, 0], cache)[:, :gamma]
-    return dist.sample(key, logits, greedy, temperature), logits, cache
+    return Proposal(dist.sample(key, logits, greedy, temperature), logits, cache)
   logits, cache, states = feed(model, pending, cache, n_pending, hidden=hidden,
                                logits_at=(n_pending - 1)[:, None])  # only the last pending token's logits
   first = logits[:, 0]
@@ -77,13 +92,16 @@ def propose(model, cache, pending, n_pending, hidden, key, gamma: int, greedy: b
     cache, logits, state = carry
     tok = dist.sample(k, logits, greedy, temperature)
     nxt, cache, out = feed(model, tok[:, None], cache, hidden=state)
-    return (cache, nxt[:, 0], out), (tok, logits)
+    return (cache, nxt[:, 0], out), (tok, logits, out)
 
-  (cache, last, _), (toks, seen) = jax.lax.scan(step, (cache, first, state), keys[: gamma - 1])
+  (cache, last, _), (toks, seen, outs) = jax.lax.scan(step, (cache, first, state), keys[: gamma - 1])
   tok_last = dist.sample(keys[-1], last, greedy, temperature)
   tokens = jnp.concatenate([toks.T, tok_last[:, None]], axis=1)
   logits = jnp.concatenate([jnp.moveaxis(seen, 0, 1), last[:, None]], axis=1)
-  return tokens, logits, cache
+  lengths = None
+  if proposes_partial(model):  # the states that came with each draft's logits: [B, G, ...]
+    lengths = model.proposal_lengths(jnp.concatenate([state, jnp.moveaxis(outs[:, :, 0], 0, 1)], axis=1))
+  return Proposal(tokens, logits, cache, lengths)
 
 
 def blank_pending(draft, batch: int, width: int = 1):

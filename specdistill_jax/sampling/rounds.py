@@ -70,6 +70,7 @@ class Verdict:
   scores: jax.Array  # [B, K] routing scores kept for the next round
   supplied: jax.Array  # [B, K] int: drafter k supplied the accepted path
   nodes: jax.Array  # [B] draft tokens verified
+  proposed: jax.Array  # [B] drafts on the row's longest path (gamma, or fewer from a partial proposal)
   path: Optional[jax.Array] = None  # [B, depth] a tree's accepted nodes (None for a chain)
 
 
@@ -115,6 +116,7 @@ class ChainProposal:
   caches: list  # per drafter, after proposing
   choice: jax.Array  # [B] the drafter each row verifies
   scores: jax.Array  # [B, K]
+  lengths: Optional[jax.Array] = None  # [B] proposals of the chosen drafter (None: all gamma)
 
   def chosen(self):
     return _pick(self.tokens, self.choice), _pick(self.logits, self.choice)
@@ -124,32 +126,54 @@ def propose_chain(ctx: RoundContext, s, key) -> ChainProposal:
   with jax.named_scope("draft_propose"):
     props = [proposer.propose(d, c, p, n, h, k, ctx.gamma, ctx.greedy, ctx.temperature)
              for d, c, p, n, h, k in _per_drafter(ctx, s, key)]
-  tokens, logits = jnp.stack([p[0] for p in props]), jnp.stack([p[1] for p in props])
+  tokens, logits = jnp.stack([p.tokens for p in props]), jnp.stack([p.logits for p in props])
   b = tokens.shape[1]
   if ctx.num_drafts == 1:
     choice, scores = jnp.zeros((b,), jnp.int32), s.prev_scores
   else:
-    scores = jnp.stack([ctx.score_fn(p[1], p[0]) for p in props], axis=1)
+    scores = jnp.stack([ctx.score_fn(p.logits, p.tokens) for p in props], axis=1)
     choice = jnp.argmax(scores if ctx.route_on_current else s.prev_scores, axis=1).astype(jnp.int32)
-  return ChainProposal(tokens, logits, [p[2] for p in props], choice, scores)
+  lengths = None
+  if any(p.lengths is not None for p in props):  # a drafter that may propose fewer than gamma
+    full = jnp.full((b,), ctx.gamma, jnp.int32)
+    lengths = _pick(jnp.stack([full if p.lengths is None else p.lengths for p in props]), choice)
+  return ChainProposal(tokens, logits, [p.cache for p in props], choice, scores, lengths)
 
 
 def verify_chain(ctx: RoundContext, s, prop: ChainProposal) -> Verification:
-  return _verify(ctx, s, jnp.concatenate([s.last_token[:, None], prop.chosen()[0]], axis=1))
+  """The target's pass over [last token, drafts]; a round in which no row proposes anything
+  (prop.lengths all 0) is a one-token pass instead (lax.cond: only one branch runs), its
+  logits and features padded to the chain's width (the padding is never read: n = 0)."""
+  tokens = jnp.concatenate([s.last_token[:, None], prop.chosen()[0]], axis=1)
+  if prop.lengths is None:
+    return _verify(ctx, s, tokens)
+
+  def one_token(_):
+    ver = _verify(ctx, s, tokens[:, :1])
+    pad = lambda x: None if x is None else jnp.pad(x, ((0, 0), (0, ctx.gamma), (0, 0)))  # noqa: E731
+    return pad(ver.logits), ver.cache, pad(ver.features)
+
+  def chain(_):
+    ver = _verify(ctx, s, tokens)
+    return ver.logits, ver.cache, ver.features
+
+  return Verification(*jax.lax.cond(jnp.any(prop.lengths > 0), chain, one_token, None))
 
 
 def accept_chain(ctx: RoundContext, prop: ChainProposal, ver: Verification, key) -> Verdict:
   d_tokens, d_logits = prop.chosen()
   if ctx.greedy:
-    n, t_next = acceptance.greedy(d_tokens, ver.logits)
+    n, t_next = acceptance.greedy(d_tokens, ver.logits, prop.lengths)
     same = dist.argmax(d_logits) == dist.argmax(ver.logits[:, :ctx.gamma])
     tvd = 1.0 - same.astype(jnp.float32)
   else:
     log_p = dist.scaled_log_probs(ver.logits, ctx.temperature)
     log_q = dist.scaled_log_probs(d_logits, ctx.temperature)
-    n, t_next, tvd = acceptance.stochastic(key, d_tokens, log_q, log_p, ctx.lenience_kind, ctx.eps)
+    n, t_next, tvd = acceptance.stochastic(key, d_tokens, log_q, log_p, ctx.lenience_kind, ctx.eps,
+                                           prop.lengths)
   supplied = jax.nn.one_hot(prop.choice, ctx.num_drafts, dtype=jnp.int32)
-  return Verdict(n, t_next, d_tokens, tvd, prop.scores, supplied, jnp.full(n.shape, ctx.gamma, jnp.int32))
+  proposed = jnp.full(n.shape, ctx.gamma, jnp.int32) if prop.lengths is None else prop.lengths
+  return Verdict(n, t_next, d_tokens, tvd, prop.scores, supplied, proposed, proposed)
 
 
 def advance_chain(ctx: RoundContext, s, prop: ChainProposal, ver: Verification, v: Verdict, realised,
@@ -193,7 +217,7 @@ def accept_tree(ctx: RoundContext, prop: TreeProposal, ver: Verification, key) -
   nodes = jnp.sum(forest.valid & (forest.canon == jnp.arange(forest.tokens.shape[1])), axis=1)
   tvd = jnp.zeros(d_tokens.shape, jnp.float32)  # no single q per depth in a tree
   return Verdict(n, t_next, d_tokens, tvd, jnp.zeros((n.shape[0], ctx.num_drafts)), supplied.astype(jnp.int32),
-                 nodes, path)
+                 nodes, jnp.full(n.shape, ctx.spec.depth, jnp.int32), path)
 
 
 def advance_tree(ctx: RoundContext, s, prop: TreeProposal, ver: Verification, v: Verdict, realised,

@@ -161,7 +161,7 @@ def _count(c: _Counters, v: rounds.Verdict, emitted, active, budget, eos_ids: tu
   gpos = jnp.arange(gamma)[None, :]
   acc_eos = dist.is_eos(v.drafts, eos_ids) & (gpos < v.n[:, None])
   usable = jnp.minimum(budget, jnp.where(acc_eos.any(1), jnp.argmax(acc_eos, 1) + 1, gamma))
-  tested = jnp.where(active, jnp.minimum(jnp.where(v.n < gamma, v.n + 1, gamma), usable), 0)
+  tested = jnp.where(active, jnp.minimum(jnp.where(v.n < v.proposed, v.n + 1, v.proposed), usable), 0)
   accepted = jnp.where(active, jnp.minimum(v.n, usable), 0)
   return _Counters(
       rounds=c.rounds + 1, active_rounds=c.active_rounds + active.astype(jnp.int32),

@@ -89,8 +89,9 @@ def chi_square_pvalue(samples, probs, min_expected=5.0):
     else:
       pool_o += counts.get(key, 0)
       pool_e += p * n
-  obs.append(pool_o)
-  exp.append(pool_e)
+  if pool_e > 0:  # no small cells: no pool (an empty one would make the statistic 0/0)
+    obs.append(pool_o)
+    exp.append(pool_e)
   obs, exp = np.asarray(obs, float), np.asarray(exp, float)
   exp *= obs.sum() / exp.sum()
   return sps.chisquare(obs, exp).pvalue

@@ -119,3 +119,46 @@ def test_history_rolls_back_with_lengths():
   cache = drafter.forward_cached(jnp.asarray([[9]], jnp.int32), cache.with_lengths(jnp.asarray([3]))).cache
   logits = drafter.forward_cached(jnp.asarray([[3]], jnp.int32), cache).logits
   assert int(jnp.argmax(logits[0, 0])) == 4  # history is now 3 4 5 9 3: "3" -> 4
+
+
+def test_a_round_without_a_match_is_a_one_token_pass(monkeypatch):
+  """Distinct prompt tokens: the first round's lookup matches nothing, so it verifies no draft
+  (a one-token pass): the output is the target's and nothing counts as tested."""
+  from specdistill_jax.sampling import rounds, speculative
+  widths, verify = [], rounds._verify
+  monkeypatch.setattr(rounds, "_verify", lambda ctx, s, tokens, **kw: widths.append(tokens.shape[1])
+                      or verify(ctx, s, tokens, **kw))
+  speculative._program.cache_clear()  # trace the round here
+  target = tiny(eos=(5,))
+  prompt = [[10, 11, 12, 13, 14, 15, 16, 17]]
+  out, stats = sampling.speculative_generate(target, sampling.prompt_lookup(), prompt, 1, gamma=4)
+  assert sorted(widths) == [1, 5]  # the round holds both passes; lax.cond runs one
+  assert out == sampling.generate(target, prompt, 1)
+  assert stats["rounds"] == 1 and stats["tested"] == 0 and stats["nodes_per_round"] == 0
+  # with matches the chain is verified: proposals are tested and counted as nodes
+  out, stats = sampling.speculative_generate(target, sampling.prompt_lookup(), PROMPTS, 24, gamma=4)
+  assert out == sampling.generate(target, PROMPTS, 24)
+  assert stats["tested"] > 0 and 0 < stats["nodes_per_round"] < 4
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_no_proposal_past_the_lengths_draws_from_p(bug):
+  """acceptance.stochastic with lengths: past a row's proposals there is no draft, so t ~ p at
+  that position (q := 0), not the rejection residual norm(max(0, p - q)) that ignoring the
+  lengths would draw from."""
+  import jax
+  rows, v = 20000, 8
+  p = jax.nn.softmax(jnp.asarray(np.random.default_rng(0).standard_normal(v), jnp.float32) * 1.5)
+  log_p = jnp.broadcast_to(jnp.log(p), (rows, 3, v))
+  drafts = jnp.full((rows, 2), int(jnp.argmax(p)), jnp.int32)  # the likeliest token, as a point mass
+  log_q = jnp.where(jax.nn.one_hot(drafts, v, dtype=jnp.bool_), 0.0, -1e30)
+  lengths = None if bug else jnp.zeros((rows,), jnp.int32)
+  n, t, _ = acceptance.stochastic(jax.random.PRNGKey(1), drafts, log_q, log_p, lengths=lengths)
+  if not bug:
+    assert int(jnp.max(n)) == 0
+  first = np.where(np.asarray(n) == 0, np.asarray(t), -1)  # what the round emits first
+  first = first[first >= 0]
+  pval = chi_square_pvalue([(int(x),) for x in first], {(i,): float(x) for i, x in enumerate(np.asarray(p))})
+  assert (pval < FALSE_ALARM) if bug else (pval > FALSE_ALARM), pval
+  n, _ = acceptance.greedy(drafts, jnp.log(p)[None, None].repeat(rows, 0).repeat(3, 1), jnp.full((rows,), 1))
+  assert int(jnp.max(n)) == 1  # greedy: never past the proposals either (both drafts are the argmax)

@@ -19,7 +19,8 @@ def _drafters(target):
 
 def test_every_kind_returns_one_cached_forward_structure():
   """logits [B, T, V] (None for a block drafter), the cache advanced by num_valid per row, and
-  features only where the call produces them; the same fields for every kind."""
+  features only where the call produces them (a feature draft's states, prompt lookup's match
+  flags); the same fields for every kind."""
   target = tiny()
   tokens = jnp.asarray([[3, 4, 5], [6, 7, 8]], jnp.int32)
   num_valid = jnp.asarray([3, 1], jnp.int32)
@@ -33,7 +34,10 @@ def test_every_kind_returns_one_cached_forward_structure():
       assert out.logits is None
     else:
       assert out.logits.shape == (2, 3, target.config.vocab_size), kind
-    assert (out.features is None) == (hidden is None), kind
+    if proposer.proposes_partial(draft):  # prompt lookup's states: 1.0 where its n-gram matched
+      assert out.features.shape == (2, 3, 1), kind
+    else:
+      assert (out.features is None) == (hidden is None), kind
 
   plain = target.forward_cached(tokens, target.init_cache(2, 8), num_valid)
   assert isinstance(plain, models.CachedForward) and plain.features is None
