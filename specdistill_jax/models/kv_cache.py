@@ -9,7 +9,7 @@ out and later overwritten), so nothing inside jit changes shape.
 Every model and drafter's `forward_cached(tokens, cache, num_valid, ...)` returns one
 `CachedForward(logits, cache, features)`, whatever it was asked for: `features` is None
 unless the call produces them (the target's taps with `feature_layers`, a feature
-drafter's output states).
+drafter's output states, prompt lookup's match flags).
 """
 
 from __future__ import annotations
