@@ -135,7 +135,9 @@ def main(argv=None):
   p.add_argument("--gamma", type=int, default=4)
   p.add_argument("--temperatures", default="0,1")
   p.add_argument("--max_new_tokens", type=int, default=64)
-  p.add_argument("--prompt", type=int, default=0, help="index of the MT-Bench turn-1 prompt decoded")
+  p.add_argument("--mt_bench_prompt", type=int, default=None,
+                 help="decode this MT-Bench turn-1 prompt (needs no prepared data); default: the first "
+                      "sharegpt_chat validation prompt, as results/sd_round_profile.md")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--layout", default="standard", choices=("auto", "standard", "fused"),
                  help="parameter layout of both models (models/backend_layout.py)")
@@ -148,22 +150,29 @@ def main(argv=None):
   dtype = jnp.dtype(args.dtype)
   target = backend_layout.for_decoding(loading.load_model(args.target, dtype=dtype), args.layout)
   draft = backend_layout.for_decoding(loading.load_draft(args.draft, target, dtype=dtype), args.layout)
-  from specdistill_jax.data import suites
-  from specdistill_jax.data.tokenizer import ChatFormat
-  chat = ChatFormat(loading.load_tokenizer(args.target))
-  prompt = suites.encode(chat, [suites.mt_bench()[args.prompt]])  # needs no prepared data
+  if args.mt_bench_prompt is None:
+    from specdistill_jax.data import prompts as prompt_sets  # bench_decode's old default prompt
+    prompt = prompt_sets.historical_queries(loading.load_tokenizer(args.target), "sharegpt_chat", "validation", 1,
+                                            max_prompt_tokens=48)
+    source, pick = "one sharegpt_chat validation prompt", ""
+  else:
+    from specdistill_jax.data import suites
+    from specdistill_jax.data.tokenizer import ChatFormat
+    chat = ChatFormat(loading.load_tokenizer(args.target))
+    prompt = suites.encode(chat, [suites.mt_bench()[args.mt_bench_prompt]])
+    source, pick = f"MT-Bench turn-1 prompt {args.mt_bench_prompt}", f"--mt_bench_prompt {args.mt_bench_prompt} "
 
   sections = [profile(target, draft, prompt, args.gamma, t, args.max_new_tokens, dump)
               for t in (float(x) for x in args.temperatures.split(","))]
   text = "\n".join([
       "# Where one speculative-decoding round of the real pair goes", "",
       f"Command: `python experiments/profile_sd_round.py --target {args.target} --draft {args.draft} "
-      f"--prompt {args.prompt} --gamma {args.gamma} --temperatures {args.temperatures} --max_new_tokens {args.max_new_tokens} "
+      f"{pick}--gamma {args.gamma} --temperatures {args.temperatures} --max_new_tokens {args.max_new_tokens} "
       f"--dtype {args.dtype} --layout {args.layout} --out {os.path.relpath(args.out, ROOT)}`",
       "",
       f"Target {os.path.basename(os.path.normpath(args.target))}, draft {args.draft}; {args.dtype}, "
       f"{backend_layout.resolve(args.layout, dtype)} parameter layout, "
-      f"B=1, gamma {args.gamma}, {args.max_new_tokens} new tokens of MT-Bench turn-1 prompt {args.prompt}; jax {jax.__version__} on "
+      f"B=1, gamma {args.gamma}, {args.max_new_tokens} new tokens of {source}; jax {jax.__version__} on "
       f"{backend_layout.describe_cpu()}, {os.cpu_count()} cores. Per round: the XLA ops that jax.profiler recorded, summed and attributed "
       "through the HLO dump's op_name to the named scopes of sampling/speculative.py and to the einsum or "
       "primitive that produced them. A fusion carries the name of its root op (a softmax fused with the LM "

@@ -13,7 +13,8 @@ Which one is faster depends on the CPU's matrix unit, so `auto` decides per mach
 (`python experiments/bench_target.py` times both layouts in one run; its 1-token bf16 pass):
 
 * Intel Xeon with AMX (amx_bf16), bf16: standard 40.7 ms, fused 24.1 ms (fp32: 33.8 / 39.9);
-* AMD EPYC without AMX (avx512_bf16), bf16: standard 27.1 ms, fused 35.5 ms (fp32: 27.4 / 35.1).
+* AMD EPYC without AMX (avx512_bf16), bf16: standard 29.3 ms, fused 34.3 ms (fp32: 29.3 / 30.7;
+  experiments/results/target_benchmark.md).
 
 `auto` is therefore `fused` for a bf16 (or narrower) model on a CPU with AMX and `standard`
 everywhere else, GPU/TPU included: a fixed rule (never a timing taken at load), so the same

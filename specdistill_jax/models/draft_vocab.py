@@ -18,6 +18,8 @@ from typing import Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from specdistill_jax.models import layers
+
 NEG = -1e30  # logit of a target token outside the draft vocabulary (q = 0)
 
 
@@ -57,10 +59,7 @@ def check_draft_ids(draft_ids, vocab_size: int) -> Optional[tuple]:
 
 def target_head(target, draft_ids=None):
   """The target's output head [D, V] (or its draft-vocabulary columns [D, Vd])."""
-  if target.config.tie_embeddings:
-    head = target.embed[...].T
-  else:  # the fused decode layout (models/backend_layout.py) holds it transposed
-    head = target.lm_head_t[...].T if hasattr(target, "lm_head_t") else target.lm_head[...]
+  head = target.embed[...].T if target.config.tie_embeddings else layers.weight(target, "lm_head")
   if draft_ids is not None:
     head = jnp.take(head, jnp.asarray(np.asarray(draft_ids, np.int32)), axis=1)
   return head

@@ -97,7 +97,7 @@ def mm(spec: str, x, w, dtype, out_dtype=None):
   rows = _token_axis(spec)
   if rows is not None and x.shape[rows] == 1 and math.prod(x.shape[:rows]) == 1:
     # One token (B=1 decode): XLA:CPU runs a low-precision matrix-vector dot ~10x slower
-    # than a two-row matmul (experiments/results/target_benchmark.md), so run two rows
+    # than a two-row matmul (../shared/bench/xla_cpu_dots.py: bf16 head 32.3 ms at k=1, 4.0 at k=2), so run two rows
     # (the token twice) and keep one.
     out = _LOW_PRECISION[key](jnp.concatenate([x, x], axis=rows), w)
     return jax.lax.slice_in_dim(out, 0, 1, axis=rows)
@@ -107,10 +107,10 @@ def mm(spec: str, x, w, dtype, out_dtype=None):
 def mm_left(x, w_t, dtype, out_dtype=None):
   """x [..., in] @ w_t[out, in]^T -> [..., out], run with the weights as the left operand.
 
-  The fused decode layout's matmul (models/backend_layout.py): XLA:CPU runs small-M dots
-  1.5-3x faster as W[out, in] . x^T than as x . W (../shared/bench/xla_cpu_dots.py;
-  `python experiments/bench_target.py` times both layouts). One row runs as two (the
-  matrix-vector dot is ~10x slower), as in `mm`.
+  The fused decode layout's matmul (models/backend_layout.py): on a CPU with AMX, XLA:CPU
+  runs bf16 small-M dots much faster as W[out, in] . x^T than as x . W (on one without AMX
+  it is the other way round; `python experiments/bench_target.py` times both layouts). One
+  row runs as two (the matrix-vector dot is ~10x slower), as in `mm`.
   """
   lead = x.shape[:-1]
   x2 = x.reshape(-1, x.shape[-1]).astype(dtype)
@@ -132,6 +132,13 @@ def dense(module, name: str, x, dtype, out_dtype=None):
     return mm("btd,df->btf", x, w, dtype, out_dtype)
   y = mm("btd,df->btf", x.reshape((1, -1, x.shape[-1])), w, dtype, out_dtype)
   return y.reshape(x.shape[:-1] + (w.shape[-1],))
+
+
+def weight(module, name: str):
+  """The module's weight `name` as [in, out], whichever layout holds it (`name` or `name`_t)."""
+  if hasattr(module, f"{name}_t"):
+    return getattr(module, f"{name}_t")[...].T
+  return getattr(module, name)[...]
 
 
 def set_transposed(module, name: str, fused: bool) -> None:
