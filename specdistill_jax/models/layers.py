@@ -175,6 +175,34 @@ def attend(q, k, v, mask):
   return out.reshape(b, t, h, d)
 
 
+def slot_buckets(size: int, smallest: int = 128) -> tuple[int, ...]:
+  """The cache prefixes a cached attention may read: 128, 256, ... (doubling), and `size`."""
+  widths, w = [], smallest
+  while w < size:
+    widths.append(w)
+    w *= 2
+  return tuple(widths) + (size,)
+
+
+def attend_cache(q, keys, values, mask, used):
+  """`attend` over the cache's first w slots only, w the smallest `slot_buckets` width >= used.
+
+  used: a traced int, one past the last slot any row writes or may see (the slots past it
+  are masked out for every query, so the result is the full attention's). The cache is
+  static-shaped and sized for the longest prompt plus the whole decode, but a decode step
+  only needs the filled prefix; XLA:CPU's batched attention dots transpose the whole
+  cache each step, which made attention the largest cost outside the weights at long caches
+  (experiments/results/target_benchmark.md: the one-token pass by cache size). One
+  `lax.switch` per layer picks the prefix; each branch is the same attention on a static slice.
+  """
+  widths = slot_buckets(keys.shape[1])
+  if len(widths) == 1:
+    return attend(q, keys, values, mask)
+  branches = [lambda q, k, v, m, w=w: attend(q, k[:, :w], v[:, :w], m[..., :w]) for w in widths]
+  index = jnp.searchsorted(jnp.asarray(widths, jnp.int32), used.astype(jnp.int32))
+  return jax.lax.switch(jnp.minimum(index, len(widths) - 1), branches, q, keys, values, mask)
+
+
 class Attention(nnx.Module):
   """Multi-head attention with grouped key/value heads, RoPE and optional q/k/v bias."""
 
@@ -266,7 +294,8 @@ class Attention(nnx.Module):
     values = kvc.scatter_rows(values, v, slots)
     if mask is None:
       mask = kvc.cached_attention_mask(positions, keys.shape[1], self.window)
-    return self._output(attend(q, keys, values, mask)), keys, values
+    used = jnp.max(slots) + 1  # every slot a query may see was written at or before this call's slots
+    return self._output(attend_cache(q, keys, values, mask, used)), keys, values
 
 
   def unrolled(self, x, positions, keys, values, mask):

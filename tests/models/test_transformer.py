@@ -80,6 +80,45 @@ def test_rollback_only_moves_lengths():
   _assert_close(logits[1], want)
 
 
+def test_attention_over_a_filled_prefix_of_a_long_cache_is_the_full_attention():
+  """A 512-slot cache: each cached attention reads only the smallest slot bucket (128, 256, 512)
+  that holds every slot written so far (layers.attend_cache). Calls whose last slot sits on
+  each side of a bucket edge (127 / 128, 255 / 256), with stale junk past the lengths inside
+  the bucket read, give the full forward's logits; reading one slot too few (a bucket chosen
+  from the last slot instead of one past it) would drop the token's own key."""
+  model = _model()
+  tokens = _tokens(2, 300)
+  full = _full(model, tokens)
+  cache = model.init_cache(2, 512)
+  lengths = jnp.array([100, 127])
+  logits, cache = _cached(model, tokens[:, :127], cache, lengths)  # last slot 126: bucket 128
+  for b in range(2):
+    _assert_close(logits[b, : lengths[b]], full[b, : lengths[b]])
+  # junk written up to slot 199, then rolled back: stale entries inside the buckets read below
+  _, junk = _cached(model, _tokens(2, 73, seed=3), cache.with_lengths(jnp.array([127, 127])))
+  cache = junk.with_lengths(lengths)
+  for step in range(30):  # row 1 crosses 128 at its first step; row 0 crosses 128 later
+    pos = cache.lengths
+    logits, cache = _cached(model, jnp.take_along_axis(tokens, pos[:, None], axis=1), cache)
+    _assert_close(logits, jnp.take_along_axis(full, pos[:, None, None], axis=1))
+  # a 16-token chunk per call up to slot 255, then one over the 256 edge
+  while int(cache.lengths.max()) + 16 <= 256:
+    pos = cache.lengths[:, None] + jnp.arange(16)[None]
+    logits, cache = _cached(model, jnp.take_along_axis(tokens, pos, axis=1), cache)
+    _assert_close(logits, jnp.take_along_axis(full, pos[..., None], axis=1))
+  pos = cache.lengths[:, None] + jnp.arange(4)[None]
+  assert int(pos.max()) >= 256 > int(cache.lengths.max())
+  logits, _ = _cached(model, jnp.take_along_axis(tokens, pos, axis=1), cache)
+  _assert_close(logits, jnp.take_along_axis(full, pos[..., None], axis=1))
+
+
+def test_slot_buckets_double_from_128_to_the_cache_size():
+  from specdistill_jax.models import layers
+  assert layers.slot_buckets(100) == (100,)
+  assert layers.slot_buckets(128) == (128,)
+  assert layers.slot_buckets(600) == (128, 256, 512, 600)
+
+
 def test_segment_ids_isolate_packed_sequences():
   model = _model()
   a, b = _tokens(1, 5), _tokens(1, 4, seed=2)
