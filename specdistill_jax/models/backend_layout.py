@@ -1,6 +1,6 @@
 """The parameter layout a backend decodes fastest with, chosen at load.
 
-Two layouts hold the same values:
+Two layouts hold the same values (a third, `kernel`, is `fused` with its bf16 dots run by a C++ kernel):
 
 * `standard`: q/k/v as [in, heads, head_dim], o as [heads, head_dim, D], gate/up/down as
   [in, out], an untied head as [D, V]: the layout every trainer, checkpoint and sharding
@@ -8,16 +8,19 @@ Two layouts hold the same values:
 * `fused`: one q/k/v matrix [(H + 2 Hkv) head_dim, in], o as [D, H head_dim], one
   gate/up matrix [2 F, D], down as [D, F], the head as [V, D]: one dot per group with the
   weights as the left operand (`layers.mm_left`).
+* `kernel`: the fused weights, and their bf16 dots of up to 8 token rows run by
+  `models/cpu_gemv.py` (AVX512-BF16, built on first use) instead of XLA's dot.
 
 Which one is faster depends on the CPU's matrix unit, so `auto` decides per machine and dtype
 (`python experiments/bench_target.py` times both layouts in one run; its 1-token bf16 pass):
 
 * Intel Xeon with AMX (amx_bf16), bf16: standard 40.7 ms, fused 24.1 ms (fp32: 33.8 / 39.9);
-* AMD EPYC without AMX (avx512_bf16), bf16: standard 29.3 ms, fused 34.3 ms (fp32: 29.3 / 30.7;
-  experiments/results/target_benchmark.md).
+* AMD EPYC without AMX (avx512_bf16), bf16: standard 27.9 ms, fused 33.1 ms, kernel 19.0 ms
+  (fp32: standard 26.5 / fused 30.8; experiments/results/target_benchmark.md, one run).
 
-`auto` is therefore `fused` for a bf16 (or narrower) model on a CPU with AMX and `standard`
-everywhere else, GPU/TPU included: a fixed rule (never a timing taken at load), so the same
+`auto` is therefore `kernel` for a bf16 (or narrower) model on a CPU where the kernel
+builds (avx512_bf16 and a C++ compiler), else `fused` for such a model on a CPU with AMX, and
+`standard` everywhere else, GPU/TPU and fp32 included: a fixed rule (never a timing taken at load), so the same
 machine always decodes with the same layout and the same rounding.
 
 `for_decoding(model)` returns the model in the layout `auto` picks for it (or the one asked
@@ -34,7 +37,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-LAYOUTS = ("auto", "standard", "fused")
+from specdistill_jax.models import cpu_gemv
+
+LAYOUTS = ("auto", "standard", "fused", "kernel")
 
 
 @functools.lru_cache(maxsize=1)
@@ -53,7 +58,8 @@ def _cpuinfo() -> dict:
   return out
 
 
-def _cpu_flags() -> frozenset:
+def cpu_flags() -> frozenset:
+  """The CPU's feature flags (/proc/cpuinfo; empty elsewhere)."""
   return frozenset(_cpuinfo().get("flags", "").split())
 
 
@@ -61,28 +67,35 @@ def describe_cpu() -> str:
   """'<model name> (AMX)' or '<model name> (no AMX)': what the results headers print, since
   the layout `auto` picks depends on it."""
   name = _cpuinfo().get("model name", "unknown CPU")
-  return f"{name} ({'AMX' if 'amx_bf16' in _cpu_flags() else 'no AMX'})"
+  return f"{name} ({'AMX' if 'amx_bf16' in cpu_flags() else 'no AMX'})"
 
 
 def resolve(layout: str = "auto", dtype=None) -> str:
-  """The layout name decoding uses: 'auto' -> 'fused' for a bf16 (or narrower) compute dtype on
-  a CPU with AMX, else 'standard' (see the module docstring); ValueError for an unknown name."""
+  """The layout name decoding uses: 'auto' -> 'kernel' for a bf16 (or narrower) compute dtype
+  where cpu_gemv builds, else 'fused' for one on a CPU with AMX, else 'standard' (see the module
+  docstring); ValueError for an unknown name or a 'kernel' this machine cannot build."""
   if layout not in LAYOUTS:
     raise ValueError(f"layout={layout!r} is not one of {LAYOUTS}")
+  if layout == "kernel" and not cpu_gemv.available():
+    raise ValueError(f"layout='kernel' is unavailable here ({cpu_gemv.unavailable_reason()}): "
+                     "use layout='fused' or 'standard'")
   if layout != "auto":
     return layout
   narrow = dtype is not None and jnp.dtype(dtype).itemsize <= 2
-  amx = jax.default_backend() == "cpu" and "amx_bf16" in _cpu_flags()
+  if narrow and cpu_gemv.available():
+    return "kernel"
+  amx = jax.default_backend() == "cpu" and "amx_bf16" in cpu_flags()
   return "fused" if narrow and amx else "standard"
 
 
-def _with_layout(model, fused: bool):
+def _with_layout(model, layout: str):
   if not isinstance(model, nnx.Module):  # a drafter without weights (prompt lookup)
     return model
   graphdef, state = nnx.split(model)
   model = nnx.merge(graphdef, state)  # a new graph over the same arrays
   for node in [node for _, node in nnx.iter_graph(model) if hasattr(node, "set_fused")]:
-    node.set_fused(fused)  # each module converts its own weights (layers, heads, fc)
+    node.set_fused(layout != "standard")  # each module converts its own weights (layers, heads, fc)
+    node.cpu_gemv = layout == "kernel"  # static: read by layers.mm_left's callers at trace time
   return model
 
 
@@ -95,12 +108,12 @@ def compute_dtype(model):
 def for_decoding(model, layout: str = "auto"):
   """`model` (a target or any draft) in `layout` ('auto': the fast one for this CPU and the
   model's dtype)."""
-  return _with_layout(model, resolve(layout, compute_dtype(model)) == "fused")
+  return _with_layout(model, resolve(layout, compute_dtype(model)))
 
 
 def standard(model):
   """`model` in the standard layout (a no-op copy if it is in it already)."""
-  return _with_layout(model, False)
+  return _with_layout(model, "standard")
 
 
 def is_fused(model) -> bool:

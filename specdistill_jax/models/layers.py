@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from specdistill_jax.models import cpu_gemv
 from specdistill_jax.models import kv_cache as kvc
 from specdistill_jax.models import rope
 from specdistill_jax.models.config import ModelConfig
@@ -104,29 +105,39 @@ def mm(spec: str, x, w, dtype, out_dtype=None):
   return _LOW_PRECISION[key](x, w)
 
 
-def mm_left(x, w_t, dtype, out_dtype=None):
+def mm_left(x, w_t, dtype, out_dtype=None, kernel: bool = False):
   """x [..., in] @ w_t[out, in]^T -> [..., out], run with the weights as the left operand.
 
   The fused decode layout's matmul (models/backend_layout.py): on a CPU with AMX, XLA:CPU
   runs bf16 small-M dots much faster as W[out, in] . x^T than as x . W (on one without AMX
   it is the other way round; `python experiments/bench_target.py` times both layouts). One
-  row runs as two (the matrix-vector dot is ~10x slower), as in `mm`.
+  row runs as two (the matrix-vector dot is ~10x slower), as in `mm`. kernel=True (the
+  `kernel` layout): bf16 products of up to cpu_gemv.MAX_ROWS rows run in models/cpu_gemv.py.
   """
   lead = x.shape[:-1]
   x2 = x.reshape(-1, x.shape[-1]).astype(dtype)
   rows = x2.shape[0]
+  w_t = w_t.astype(dtype)
+  if kernel and cpu_gemv.applies(rows, x2.dtype, w_t.dtype):
+    out = cpu_gemv.matmul(x2, w_t).astype(out_dtype or dtype)
+    return out.reshape(lead + (w_t.shape[0],))
   if rows == 1:
     x2 = jnp.concatenate([x2, x2], axis=0)
-  out = jax.lax.dot_general(w_t.astype(dtype), x2, (((1,), (1,)), ((), ())),
+  out = jax.lax.dot_general(w_t, x2, (((1,), (1,)), ((), ())),
                             preferred_element_type=jnp.float32).astype(out_dtype or dtype)
   return out[:, :rows].T.reshape(lead + (w_t.shape[0],))
+
+
+def uses_kernel(module) -> bool:
+  """True if backend_layout put `module` in the `kernel` layout (its mm_left calls pass kernel=)."""
+  return getattr(module, "cpu_gemv", False) is True
 
 
 def dense(module, name: str, x, dtype, out_dtype=None):
   """x [..., in] times the module's weight `name` ([in, out]), or `name`_t ([out, in]) once the
   fused decode layout transposed it (`set_transposed`)."""
   if hasattr(module, f"{name}_t"):
-    return mm_left(x, getattr(module, f"{name}_t")[...], dtype, out_dtype)
+    return mm_left(x, getattr(module, f"{name}_t")[...], dtype, out_dtype, uses_kernel(module))
   w = getattr(module, name)[...]
   if x.ndim == 3:  # [B, T, in]: the training path, batch axis (and its sharding) kept
     return mm("btd,df->btf", x, w, dtype, out_dtype)
@@ -234,7 +245,7 @@ class Attention(nnx.Module):
     c, dt = self.config, self.config.jnp_dtype
     sizes = {"q": c.num_heads, "k": c.num_kv_heads, "v": c.num_kv_heads}
     if self.fused:
-      qkv = mm_left(x, self.qkv_t[...], dt)
+      qkv = mm_left(x, self.qkv_t[...], dt, kernel=uses_kernel(self))
       starts = {"q": 0, "k": c.num_heads, "v": c.num_heads + c.num_kv_heads}
       out = [qkv[..., starts[n] * c.head_dim:(starts[n] + sizes[n]) * c.head_dim]
              .reshape(x.shape[:-1] + (sizes[n], c.head_dim)) for n in names]
@@ -251,7 +262,8 @@ class Attention(nnx.Module):
 
   def _output(self, out):
     if self.fused:
-      return mm_left(out.reshape(out.shape[:-2] + (-1,)), self.o_t[...], self.config.jnp_dtype)
+      return mm_left(out.reshape(out.shape[:-2] + (-1,)), self.o_t[...], self.config.jnp_dtype,
+                     kernel=uses_kernel(self))
     return mm("bthk,hkd->btd", out, self.o[...], self.config.jnp_dtype)
 
   def set_fused(self, fused: bool) -> None:
@@ -327,9 +339,9 @@ class MLP(nnx.Module):
   def __call__(self, x):
     dt = self.dtype
     if self.fused:
-      gu = mm_left(x, self.gate_up_t[...], dt)
+      gu = mm_left(x, self.gate_up_t[...], dt, kernel=uses_kernel(self))
       f = gu.shape[-1] // 2
-      return mm_left(jax.nn.silu(gu[..., :f]) * gu[..., f:], self.down_t[...], dt)
+      return mm_left(jax.nn.silu(gu[..., :f]) * gu[..., f:], self.down_t[...], dt, kernel=uses_kernel(self))
     h = jax.nn.silu(mm("btd,df->btf", x, self.gate[...], dt)) * mm("btd,df->btf", x, self.up[...], dt)
     return mm("btf,fd->btd", h, self.down[...], dt)
 

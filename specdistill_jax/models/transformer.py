@@ -29,7 +29,7 @@ from flax import nnx
 
 from specdistill_jax.models import kv_cache as kvc
 from specdistill_jax.models.config import ModelConfig
-from specdistill_jax.models.layers import Block, RMSNorm, mm, mm_left, param, set_transposed
+from specdistill_jax.models.layers import Block, RMSNorm, mm, mm_left, param, set_transposed, uses_kernel
 
 
 class Transformer(nnx.Module):
@@ -63,7 +63,7 @@ class Transformer(nnx.Module):
     if self.fused:  # the fused decode layout (models/backend_layout.py): head rows [V, D] on the left
       table = self.embed if self.config.tie_embeddings else self.lm_head_t
       table = table[...] if ids is None else jnp.take(table[...], ids, axis=0)
-      logits = mm_left(h2, table, dt, jnp.float32)
+      logits = mm_left(h2, table, dt, jnp.float32, uses_kernel(self))
     elif self.config.tie_embeddings:
       table = self.embed[...] if ids is None else jnp.take(self.embed[...], ids, axis=0)
       logits = mm("td,vd->tv", h2, table, dt, jnp.float32)

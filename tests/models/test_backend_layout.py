@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from specdistill_jax import models, sampling
-from specdistill_jax.models import backend_layout
+from specdistill_jax.models import backend_layout, cpu_gemv
 from tests.tolerances import fp32_atol
 
 TOKENS = jnp.asarray(np.random.default_rng(0).integers(1, 97, (2, 9)), jnp.int32)
@@ -75,16 +75,27 @@ def test_decoding_is_unchanged_for_every_kind_of_draft():
     assert plain == fast == expected
 
 
-def test_auto_is_fused_only_for_bf16_on_a_cpu_with_amx(monkeypatch):
+def test_auto_is_the_kernel_then_fused_with_amx_then_standard(monkeypatch):
   bf16 = _target(dtype="bfloat16")
-  monkeypatch.setattr(backend_layout, "_cpu_flags", lambda: frozenset({"avx512f", "amx_bf16", "amx_tile"}))
+  monkeypatch.setattr(cpu_gemv, "available", lambda: False)
+  monkeypatch.setattr(backend_layout, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16", "amx_tile"}))
   assert backend_layout.resolve("auto", jnp.bfloat16) == "fused"
   assert backend_layout.is_fused(backend_layout.for_decoding(bf16))
   assert not backend_layout.is_fused(backend_layout.for_decoding(_target()))  # fp32: standard is faster
   assert backend_layout.resolve("auto") == "standard"  # no weights (prompt lookup): nothing to convert
-  monkeypatch.setattr(backend_layout, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))  # AMD EPYC
+  monkeypatch.setattr(backend_layout, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))  # AMD EPYC
   assert not backend_layout.is_fused(backend_layout.for_decoding(bf16))
   assert backend_layout.resolve("fused", jnp.float32) == "fused"  # an explicit layout is kept
+  monkeypatch.setattr(cpu_gemv, "available", lambda: True)  # the bf16 kernel builds: it wins on either CPU
+  assert backend_layout.resolve("auto", jnp.bfloat16) == "kernel"
+  assert backend_layout.resolve("auto", jnp.float32) == "standard"
+
+
+def test_kernel_layout_where_it_cannot_build_is_refused(monkeypatch):
+  monkeypatch.setattr(cpu_gemv, "available", lambda: False)
+  monkeypatch.setattr(cpu_gemv, "unavailable_reason", lambda: "this CPU has no avx512_bf16")
+  with pytest.raises(ValueError, match="layout='kernel' is unavailable here .this CPU has no avx512_bf16"):
+    backend_layout.for_decoding(_target(dtype="bfloat16"), "kernel")
 
 
 def test_unknown_layout_is_refused():

@@ -1,0 +1,105 @@
+"""The bf16 small-M matmul kernel for B=1 decoding on CPUs with AVX512-BF16 (cpu_gemv.cc).
+
+XLA:CPU runs a bf16 dot of a few token rows against a weight matrix at 0.3-0.5 of the memory
+bandwidth on such a CPU (`python ../shared/bench/xla_cpu_dots.py`); decoding is such dots. This
+kernel reads each weight row once, multiplies it with every token row (vdpbf16ps, fp32
+accumulation) and splits the rows over XLA's own intra-op threads: 0.7-1.0 of the bandwidth at
+one or two token rows. `python experiments/bench_target.py` times the target's pass with it
+(layout `kernel`) against XLA's dots (`fused`, `standard`) in one run.
+
+It is compiled on first use with the C++ compiler on PATH (`g++ -O3 -march=native` against
+jaxlib's XLA FFI headers, ~3 s) into ~/.cache/specdistill_jax (or $SPECDISTILL_KERNEL_CACHE),
+keyed by the source, jax's version and the CPU, and registered as an XLA FFI custom call.
+`available()` is False, and decoding keeps XLA's dots, where the CPU lacks avx512_bf16, the
+backend is not the CPU, no compiler is found or the build fails (the reason: `unavailable_reason()`).
+Only `models/layers.mm_left` calls it, for the fused-layout weights of a model that
+`models/backend_layout.py` put in the `kernel` layout.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jax.numpy as jnp
+
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_gemv.cc")
+_TARGET = "specdistill_cpu_gemv_bf16"
+MAX_ROWS = 8  # more token rows: XLA's dot is as fast (the kernel turns compute-bound)
+
+
+def _cache_dir() -> str:
+  return os.environ.get("SPECDISTILL_KERNEL_CACHE",
+                        os.path.join(os.path.expanduser("~"), ".cache", "specdistill_jax"))
+
+
+def _build(cpu_flags: frozenset) -> str:
+  """Path of the compiled library (built now unless a build of the same source exists)."""
+  compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+  if compiler is None:
+    raise RuntimeError("no C++ compiler on PATH (g++ or $CXX)")
+  include = jax.ffi.include_dir()
+  with open(_SOURCE, "rb") as fh:
+    key = hashlib.sha256(fh.read() + jax.__version__.encode() + " ".join(sorted(cpu_flags)).encode()
+                         + compiler.encode()).hexdigest()[:16]
+  out = os.path.join(_cache_dir(), f"cpu_gemv_{key}.so")
+  if os.path.exists(out):
+    return out
+  os.makedirs(_cache_dir(), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=_cache_dir())
+  os.close(fd)
+  cmd = [compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{include}",
+         _SOURCE, "-o", tmp]
+  done = subprocess.run(cmd, capture_output=True, text=True)
+  if done.returncode != 0:
+    os.unlink(tmp)
+    raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-400:]}")
+  os.replace(tmp, out)  # atomic: concurrent builders (test workers) each write their own temp file
+  return out
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> str | None:
+  """Build and register the kernel once per process; None on success, else why not."""
+  from specdistill_jax.models import backend_layout  # the one place that reads the CPU's flags
+  if jax.default_backend() != "cpu":
+    return f"the backend is {jax.default_backend()}, not the CPU"
+  flags = backend_layout.cpu_flags()
+  if "avx512_bf16" not in flags:
+    return "this CPU has no avx512_bf16"
+  try:
+    lib = ctypes.cdll.LoadLibrary(_build(flags))
+    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(getattr(lib, _TARGET)), platform="cpu")
+  except (OSError, RuntimeError, AttributeError) as e:
+    return f"building the kernel failed: {e}"
+  return None
+
+
+def available() -> bool:
+  """True if the kernel is built and registered for this process (see the module docstring)."""
+  return _load() is None
+
+
+def unavailable_reason() -> str | None:
+  """Why `available()` is False (None when it is True)."""
+  return _load()
+
+
+def applies(rows: int, x_dtype, w_dtype) -> bool:
+  """True if `matmul` runs a [rows, K] x [N, K] product of these dtypes (else use XLA's dot)."""
+  bf16 = jnp.dtype(jnp.bfloat16)
+  return 1 <= rows <= MAX_ROWS and jnp.dtype(x_dtype) == bf16 and jnp.dtype(w_dtype) == bf16 and available()
+
+
+def matmul(x, w_t):
+  """x [M, K] bf16 times w_t [N, K] bf16 transposed -> [M, N] fp32 (call `applies` first)."""
+  if not available():
+    raise RuntimeError(f"cpu_gemv is unavailable: {unavailable_reason()}")
+  out = jax.ShapeDtypeStruct((x.shape[0], w_t.shape[0]), jnp.float32)
+  return jax.ffi.ffi_call(_TARGET, out, vmap_method="sequential")(x, w_t)

@@ -1,0 +1,77 @@
+"""models/cpu_gemv.py: the bf16 small-M matmul kernel computes XLA's product, in any row count.
+
+The kernel multiplies bf16 values (their products are exact in fp32) and accumulates in fp32 in
+another order than XLA: it agrees with an fp64 reference to fp32 reduction-order tolerance. A
+wrong tail mask, row offset or thread split moves whole outputs by O(1). Each output element
+is computed by the same instructions whatever the number of token rows, so a k-token pass
+gives exactly the one-token pass's numbers (greedy SD == greedy AR in bf16 wherever the dots
+run in the kernel). Skipped where the kernel cannot be built (no avx512_bf16 or no compiler).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from specdistill_jax import models, sampling
+from specdistill_jax.models import backend_layout, cpu_gemv
+from tests.tolerances import EPS32
+
+pytestmark = pytest.mark.skipif(not cpu_gemv.available(), reason=f"cpu_gemv: {cpu_gemv.unavailable_reason()}")
+
+
+def _bf16(rng, *shape):
+  return jnp.asarray(rng.standard_normal(shape, dtype=np.float32)).astype(jnp.bfloat16)
+
+
+@pytest.mark.parametrize("n,k", [(67, 100), (4099, 576), (37, 1536)])
+def test_matmul_equals_the_exact_product_for_every_row_count(n, k):
+  rng = np.random.default_rng(n)
+  w = _bf16(rng, n, k)
+  x = _bf16(rng, cpu_gemv.MAX_ROWS, k)
+  xf, wf = np.asarray(x, np.float64), np.asarray(w, np.float64)
+  full = np.asarray(jax.jit(cpu_gemv.matmul)(x, w))
+  exact = xf @ wf.T
+  atol = 8 * EPS32 * np.sqrt(k) * (np.abs(xf) @ np.abs(wf).T)
+  assert np.all(np.abs(full - exact) <= atol)
+  for m in range(1, cpu_gemv.MAX_ROWS):  # each row's numbers do not depend on the other rows
+    np.testing.assert_array_equal(np.asarray(jax.jit(cpu_gemv.matmul)(x[:m], w)), full[:m])
+
+
+def test_matmul_runs_inside_loops_and_conditionals():
+  rng = np.random.default_rng(1)
+  w, x = _bf16(rng, 300, 64), _bf16(rng, 2, 64)
+
+  @jax.jit
+  def f(x, w):
+    def body(i, acc):
+      y = jax.lax.cond(i % 2 == 0, lambda: cpu_gemv.matmul(x, w), lambda: -cpu_gemv.matmul(x, w))
+      return acc + y
+    return jax.lax.fori_loop(0, 3, body, jnp.zeros((2, 300), jnp.float32))
+
+  np.testing.assert_array_equal(np.asarray(f(x, w)), np.asarray(cpu_gemv.matmul(x, w)))
+
+
+def _bf16_target():
+  return models.create(models.preset("tiny", 97, dtype="bfloat16", tie_embeddings=False), seed=3)
+
+
+def test_kernel_layout_decodes_like_xla_and_sd_equals_ar_exactly():
+  target = _bf16_target()
+  fused, kernel = (backend_layout.for_decoding(target, name) for name in ("fused", "kernel"))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(1, 97, (1, 6)), jnp.int32)
+  outs = []
+  for model in (fused, kernel):
+    cache = model.init_cache(1, 32)
+    logits, cache, _ = model.forward_cached(tokens, cache)
+    step, _, _ = model.forward_cached(tokens[:, :1], cache)
+    outs.append((np.asarray(logits, np.float32), np.asarray(step, np.float32)))
+  for a, b in zip(*outs):
+    # bf16 activations: a different fp32 sum may round one bf16 ulp the other way, layer after layer
+    scale = np.abs(a).max()
+    assert np.abs(a - b).max() <= 4 * 2.0 ** -8 * target.config.num_layers * scale
+  prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+  draft = backend_layout.for_decoding(models.create(models.preset("micro", 97, dtype="bfloat16"), seed=1), "kernel")
+  expected = sampling.generate(kernel, prompts, 12)
+  out, _ = sampling.speculative_generate(kernel, draft, prompts, 12, gamma=3)
+  assert out == expected
