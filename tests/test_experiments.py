@@ -52,7 +52,18 @@ def test_benchmark_scripts_run(micro_world, tmp_path):
   import bench_features
   bench_features.main(["--model", f"{world}/target_general/hf", "--dtypes", "float32", "--tokens", "1",
                        "--out", str(tmp_path / "f.md")])
-  for name in ("m", "t", "f"):
+  import bench_draft_cost
+  rows = bench_draft_cost.main(["--model", f"{world}/target_general/hf", "--caches", "64", "--gammas", "1,2",
+                                "--draft_vocab", "32", "--cut_layers", "1", "--dtype", "float32",
+                                "--layout", "standard", "--out", str(tmp_path / "d.md")])
+  assert sorted({(r["drafter"], r["gamma"]) for r in rows}) == sorted(
+      (k, g) for k in bench_draft_cost.DRAFTERS for g in (1, 2))
+  by = {(r["drafter"], r["gamma"]): r for r in rows}
+  assert all(r["r"] > 0 for r in rows) and by[("prompt_lookup", 1)]["weight_bytes"] == 0
+  # the bound counts one pass per drafted token, but one pass per round for the block drafter
+  assert abs(by[("eagle3", 2)]["bound_c"] - by[("eagle3", 1)]["bound_c"]) < 1e-12
+  assert abs(2 * by[("block", 2)]["bound_c"] - by[("block", 1)]["bound_c"]) < 1e-12
+  for name in ("m", "t", "f", "d"):
     assert "|---" in open(tmp_path / f"{name}.md").read()
 
 
