@@ -8,9 +8,14 @@
 // work that has not been claimed (no deadlock when the pool is busy).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstring>
+#include <limits>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -100,7 +105,174 @@ ffi::Error Gemv(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi:
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------------------------------------
+// Cached attention of a few new tokens (decode / verification), with the cache write fused in.
+//
+// keys/values [B, S, Hkv, D] (bf16) get k/v [B, T, Hkv, D] at slots [B, T] (slots >= S dropped),
+// then every query (b, t, head) attends over the slots s < max_t slots[b, t] + 1 that
+// mask[b, t, s] allows: scores = q . key (bf16 products, fp32 sums) * D^-1/2, an fp32 softmax,
+// out = sum_s p_s value_s in fp32, rounded to bf16. Each query is computed by the same
+// instructions whatever T is (a k-token verification gives the one-token step's numbers) and
+// reads only the filled prefix of the cache. Work items (b, t, kv head) are split like the
+// matmul's chunks when there is enough of it.
+
+inline __m512 bf16x16(const uint16_t* p) {  // 16 bf16 -> 16 fp32 (exact)
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+
+inline float dot_bf16(const float* q, const uint16_t* k, int64_t d) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= d; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), bf16x16(k + i), acc);
+  float tail = 0.f;
+  for (; i < d; ++i) {
+    uint32_t bits = uint32_t(k[i]) << 16;
+    float kv;
+    __builtin_memcpy(&kv, &bits, 4);
+    tail += q[i] * kv;
+  }
+  return _mm512_reduce_add_ps(acc) + tail;
+}
+
+inline float bf16_to_f32(uint16_t h) {
+  uint32_t bits = uint32_t(h) << 16;
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline uint16_t f32_to_bf16(float f) {  // round to nearest even (NaN stays NaN)
+  uint32_t bits;
+  __builtin_memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return uint16_t((bits >> 16) | 0x40);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return uint16_t(bits >> 16);
+}
+
+struct AttnWork {
+  const uint16_t *q, *keys, *values;
+  const int32_t* slots;
+  const bool* mask;
+  uint16_t* out;
+  int64_t b, t, h, hkv, s, d;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+};
+
+void attend_item(const AttnWork& w, int64_t item) {
+  const int64_t kh = item % w.hkv, bt = item / w.hkv, b = bt / w.t;
+  int64_t used = 0;
+  for (int64_t j = 0; j < w.t; ++j) {
+    const int64_t slot = w.slots[b * w.t + j] + 1;
+    used = slot > used ? slot : used;
+  }
+  used = used < w.s ? used : w.s;
+  const int64_t group = w.h / w.hkv, d = w.d;
+  const float scale = 1.0f / std::sqrt(float(d));
+  std::vector<float> qf(group * d), scores(group * (used > 0 ? used : 1)), acc(d);
+  for (int64_t g = 0; g < group; ++g)
+    for (int64_t i = 0; i < d; ++i) qf[g * d + i] = bf16_to_f32(w.q[(bt * w.h + kh * group + g) * d + i]);
+  const bool* mrow = w.mask + bt * w.s;
+  const int64_t stride = w.hkv * d;
+  const uint16_t* kbase = w.keys + (b * w.s * w.hkv + kh) * d;
+  const uint16_t* vbase = w.values + (b * w.s * w.hkv + kh) * d;
+  for (int64_t g = 0; g < group; ++g) {
+    float* sc = scores.data() + g * used;
+    float top = -std::numeric_limits<float>::infinity();
+    for (int64_t s = 0; s < used; ++s) {
+      if (!mrow[s]) continue;
+      sc[s] = dot_bf16(qf.data() + g * d, kbase + s * stride, d) * scale;
+      top = sc[s] > top ? sc[s] : top;
+    }
+    float total = 0.f;
+    for (int64_t s = 0; s < used; ++s)
+      if (mrow[s]) { sc[s] = std::exp(sc[s] - top); total += sc[s]; }
+    std::fill(acc.begin(), acc.end(), 0.f);
+    if (total > 0.f) {
+      const float inv = 1.0f / total;
+      for (int64_t s = 0; s < used; ++s) {
+        if (!mrow[s]) continue;
+        const __m512 p = _mm512_set1_ps(sc[s] * inv);
+        const uint16_t* vrow = vbase + s * stride;
+        int64_t i = 0;
+        for (; i + 16 <= d; i += 16)
+          _mm512_storeu_ps(acc.data() + i, _mm512_fmadd_ps(p, bf16x16(vrow + i), _mm512_loadu_ps(acc.data() + i)));
+        for (; i < d; ++i) acc[i] += sc[s] * inv * bf16_to_f32(vrow[i]);
+      }
+    }
+    uint16_t* o = w.out + (bt * w.h + kh * group + g) * d;
+    for (int64_t i = 0; i < d; ++i) o[i] = f32_to_bf16(acc[i]);
+  }
+}
+
+void attend_drain(AttnWork& w, int64_t items) {
+  for (;;) {
+    const int64_t c = w.next.fetch_add(1, std::memory_order_relaxed);
+    if (c >= items) return;
+    attend_item(w, c);
+    w.done.fetch_add(1, std::memory_order_release);
+  }
+}
+
+ffi::Error Attend(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> q, ffi::Buffer<ffi::BF16> k,
+                  ffi::Buffer<ffi::BF16> v, ffi::Buffer<ffi::BF16> keys, ffi::Buffer<ffi::BF16> values,
+                  ffi::Buffer<ffi::S32> slots, ffi::Buffer<ffi::PRED> mask, ffi::ResultBuffer<ffi::BF16> out,
+                  ffi::ResultBuffer<ffi::BF16> keys_out, ffi::ResultBuffer<ffi::BF16> values_out) {
+  const auto qd = q.dimensions(), cd = keys.dimensions(), kd = k.dimensions();
+  if (qd.size() != 4 || cd.size() != 4 || kd.size() != 4 || kd[0] != qd[0] || kd[1] != qd[1] ||
+      cd[0] != qd[0] || cd[2] != kd[2] || cd[3] != qd[3] || kd[3] != qd[3] || qd[2] % cd[2] != 0)
+    return ffi::Error::InvalidArgument("cpu_attention: expects q [B,T,H,D], k/v [B,T,Hkv,D], keys/values [B,S,Hkv,D]");
+  const int64_t B = qd[0], T = qd[1], H = qd[2], D = qd[3], S = cd[1], Hkv = cd[2];
+  uint16_t* kc = reinterpret_cast<uint16_t*>(keys_out->typed_data());
+  uint16_t* vc = reinterpret_cast<uint16_t*>(values_out->typed_data());
+  const int64_t cache_elems = B * S * Hkv * D, row = Hkv * D;
+  if ((void*)kc != keys.untyped_data()) std::memcpy(kc, keys.untyped_data(), cache_elems * 2);
+  if ((void*)vc != values.untyped_data()) std::memcpy(vc, values.untyped_data(), cache_elems * 2);
+  const int32_t* sl = slots.typed_data();
+  const uint16_t* kn = reinterpret_cast<const uint16_t*>(k.untyped_data());
+  const uint16_t* vn = reinterpret_cast<const uint16_t*>(v.untyped_data());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t slot = sl[b * T + t];
+      if (slot < 0 || slot >= S) continue;  // past the cache: dropped, like kv_cache.scatter_rows
+      std::memcpy(kc + (b * S + slot) * row, kn + (b * T + t) * row, row * 2);
+      std::memcpy(vc + (b * S + slot) * row, vn + (b * T + t) * row, row * 2);
+    }
+  auto w = std::make_shared<AttnWork>();
+  w->q = reinterpret_cast<const uint16_t*>(q.untyped_data());
+  w->keys = kc;
+  w->values = vc;
+  w->slots = sl;
+  w->mask = mask.typed_data();
+  w->out = reinterpret_cast<uint16_t*>(out->typed_data());
+  w->b = B; w->t = T; w->h = H; w->hkv = Hkv; w->s = S; w->d = D;
+  const int64_t items = B * T * Hkv;
+  int64_t helpers = 0;
+  if (B * T * H * S * D >= (int64_t(1) << 18)) {  // small work: one thread beats waking the pool
+    helpers = pool.num_threads() - 1;
+    if (helpers > items - 1) helpers = items - 1;
+  }
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([w, items] { attend_drain(*w, items); });
+  attend_drain(*w, items);
+  while (w->done.load(std::memory_order_acquire) < items) _mm_pause();
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(specdistill_cpu_attention_bf16, Attend,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Ret<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::BF16>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(specdistill_cpu_gemv_bf16, Gemv,
                               ffi::Ffi::Bind()

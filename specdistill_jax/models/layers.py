@@ -302,10 +302,13 @@ class Attention(nnx.Module):
     """
     slots = positions if slots is None else slots
     q, k, v = self._project(x, positions)
-    keys = kvc.scatter_rows(keys, k, slots)
-    values = kvc.scatter_rows(values, v, slots)
     if mask is None:
       mask = kvc.cached_attention_mask(positions, keys.shape[1], self.window)
+    if uses_kernel(self) and cpu_gemv.attention_applies(q, keys):
+      out, keys, values = cpu_gemv.cached_attention(q, k, v, keys, values, slots, mask)
+      return self._output(out), keys, values
+    keys = kvc.scatter_rows(keys, k, slots)
+    values = kvc.scatter_rows(values, v, slots)
     used = jnp.max(slots) + 1  # every slot a query may see was written at or before this call's slots
     return self._output(attend_cache(q, keys, values, mask, used)), keys, values
 

@@ -75,3 +75,69 @@ def test_kernel_layout_decodes_like_xla_and_sd_equals_ar_exactly():
   expected = sampling.generate(kernel, prompts, 12)
   out, _ = sampling.speculative_generate(kernel, draft, prompts, 12, gamma=3)
   assert out == expected
+
+
+def _attention_reference(q, keys, values, mask):
+  """fp64 attention of bf16 inputs: what the kernel computes before its bf16 output rounding."""
+  q, keys, values = (np.asarray(a, np.float64) for a in (q, keys, values))
+  b, t, h, d = q.shape
+  group = h // keys.shape[2]
+  kk, vv = np.repeat(keys, group, axis=2), np.repeat(values, group, axis=2)
+  scores = np.einsum("bthd,bshd->bhts", q, kk) / np.sqrt(d)
+  scores = np.where(np.asarray(mask)[:, None], scores, -np.inf)
+  p = np.exp(scores - scores.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  return np.einsum("bhts,bshd->bthd", p, vv)
+
+
+@pytest.mark.parametrize("t,size,tree", [(1, 40, False), (3, 40, True), (8, 512, False)])
+def test_cached_attention_writes_the_cache_and_attends_over_what_each_query_may_see(t, size, tree):
+  """Ragged rows (one near the end of the cache, its last slots dropped), a causal or a random
+  tree mask; the 512-slot case runs on the pool threads. Each query equals the fp64 attention
+  up to the bf16 rounding of its output, and equals the same query run alone bitwise."""
+  from specdistill_jax.models import kv_cache as kvc
+  rng = np.random.default_rng(t)
+  b, h, hkv, d = 2, 9, 3, 64
+  q, k, v = _bf16(rng, b, t, h, d), _bf16(rng, b, t, hkv, d), _bf16(rng, b, t, hkv, d)
+  keys, values = _bf16(rng, b, size, hkv, d), _bf16(rng, b, size, hkv, d)
+  slots = kvc.write_positions(jnp.asarray([5, size - 2]), t)
+  mask = np.array(kvc.cached_attention_mask(slots, size))
+  if tree:  # a query sees a random subset of the earlier slots, and always itself
+    mask &= rng.random(mask.shape) < 0.5
+    mask[np.arange(b)[:, None], np.arange(t)[None, :], np.minimum(np.asarray(slots), size - 1)] = True
+  out, keys2, values2 = jax.jit(cpu_gemv.cached_attention)(q, k, v, keys, values, slots, jnp.asarray(mask))
+  np.testing.assert_array_equal(np.asarray(keys2), np.asarray(kvc.scatter_rows(keys, k, slots)))
+  np.testing.assert_array_equal(np.asarray(values2), np.asarray(kvc.scatter_rows(values, v, slots)))
+  exact = _attention_reference(q, keys2, values2, mask)
+  err = np.abs(np.asarray(out, np.float64) - exact)
+  assert np.all(err <= 2.0 ** -8 * np.abs(exact) + 64 * EPS32 * np.abs(np.asarray(values2, np.float64)).max())
+  one, _, _ = jax.jit(cpu_gemv.cached_attention)(q[:, -1:], k[:, -1:], v[:, -1:], keys2, values2,
+                                                  slots[:, -1:], jnp.asarray(mask[:, -1:]))
+  np.testing.assert_array_equal(np.asarray(one), np.asarray(out[:, -1:]))
+
+
+def test_cached_attention_updates_a_loop_carried_cache():
+  """Tokens written step by step inside a fori_loop (the decode loop's carry: XLA aliases the
+  buffers) are each seen by the next step, as in the same steps run one call at a time."""
+  from specdistill_jax.models import kv_cache as kvc
+  rng = np.random.default_rng(7)
+  size, steps = 16, 5
+  q, k, v = (_bf16(rng, steps, 1, 1, 4, 32) for _ in range(3))
+  q = _bf16(rng, steps, 1, 1, 8, 32)
+  cache = (jnp.zeros((1, size, 4, 32), jnp.bfloat16),) * 2
+
+  def step(i, carry):
+    keys, values, acc = carry
+    slots = jnp.full((1, 1), i, jnp.int32)
+    out, keys, values = cpu_gemv.cached_attention(q[i], k[i], v[i], keys, values, slots,
+                                                  kvc.cached_attention_mask(slots, size))
+    return keys, values, acc.at[i].set(out)
+
+  acc = jnp.zeros((steps, 1, 1, 8, 32), jnp.bfloat16)
+  looped = jax.jit(lambda: jax.lax.fori_loop(0, steps, step, (*cache, acc)))()
+  carry = (*cache, acc)
+  for i in range(steps):
+    carry = step(i, carry)
+  for a, b in zip(looped, carry):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert np.abs(np.asarray(looped[2][-1], np.float32)).max() > 0
