@@ -8,15 +8,16 @@ Two layouts hold the same values (a third, `kernel`, is `fused` with its bf16 do
 * `fused`: one q/k/v matrix [(H + 2 Hkv) head_dim, in], o as [D, H head_dim], one
   gate/up matrix [2 F, D], down as [D, F], the head as [V, D]: one dot per group with the
   weights as the left operand (`layers.mm_left`).
-* `kernel`: the fused weights, and their bf16 dots of up to 8 token rows run by
-  `models/cpu_gemv.py` (AVX512-BF16, built on first use) instead of XLA's dot.
+* `kernel`: the fused weights, and their bf16 dots of up to 8 token rows and the cached
+  attention of up to 32 new tokens run by `models/cpu_gemv.py` (AVX512-BF16, built on first
+  use) instead of XLA's ops.
 
 Which one is faster depends on the CPU's matrix unit, so `auto` decides per machine and dtype
 (`python experiments/bench_target.py` times both layouts in one run; its 1-token bf16 pass):
 
 * Intel Xeon with AMX (amx_bf16), bf16: standard 40.7 ms, fused 24.1 ms (fp32: 33.8 / 39.9);
-* AMD EPYC without AMX (avx512_bf16), bf16: standard 27.9 ms, fused 33.1 ms, kernel 19.0 ms
-  (fp32: standard 26.5 / fused 30.8; experiments/results/target_benchmark.md, one run).
+* AMD EPYC without AMX (avx512_bf16), bf16: standard 32.7 ms, fused 34.5 ms, kernel 12.8 ms
+  (fp32: standard 26.3 / fused 29.6; experiments/results/target_benchmark.md, one run).
 
 `auto` is therefore `kernel` for a bf16 (or narrower) model on a CPU where the kernel
 builds (avx512_bf16 and a C++ compiler), else `fused` for such a model on a CPU with AMX, and
