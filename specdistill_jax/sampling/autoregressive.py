@@ -1,8 +1,13 @@
 """Autoregressive decoding: `generate`, the baseline every speedup is measured against.
 
-One jitted program per (model, shapes, settings): prefill all prompts with one
-cached forward (ragged rows at their own lengths), then a `lax.while_loop` of
-cached one-token steps on device. Greedy at temperature 0, else sampling
+One jitted program per (model, shapes, settings): prefill all prompts but their last
+token with one cached forward (ragged rows at their own lengths), feed each row's last
+prompt token as a one-token step, then a `lax.while_loop` of cached one-token steps on
+device. The last prompt token goes through a decode-sized pass as in speculative decoding
+(sampling/speculative.py prefills the same prefix and verifies from that token): the
+target then computes the same numbers in both, so greedy SD equals greedy AR wherever the
+target's passes are row-count invariant (the bf16 `kernel` layout, models/cpu_gemv.py),
+not only in fp32. Greedy at temperature 0, else sampling
 (optionally top-k / top-p). Each row stops at an eos id or max_new_tokens; the
 eos token is part of the output.
 """
@@ -59,7 +64,9 @@ def _program(graphdef, max_new_tokens: int, cache_size: int, greedy: bool,
     model = nnx.merge(graphdef, state)
     b = tokens.shape[0]
     cache = models.init_cache(model.config, b, cache_size)
-    logits, cache, _ = model.forward_cached(tokens, cache, num_valid=lengths, logits_at=(lengths - 1)[:, None])
+    prefix = lengths - 1
+    _, cache, _ = model.forward_cached(tokens, cache, num_valid=prefix, logits_at=prefix[:, None])  # logits unused
+    logits, cache, _ = model.forward_cached(jnp.take_along_axis(tokens, prefix[:, None], axis=1), cache)
     init = _LoopState(step=jnp.int32(0), cache=cache, logits=logits[:, 0], rng=rng,
                       out=jnp.full((b, max_new_tokens), pad_id, jnp.int32),
                       n_out=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), jnp.bool_))

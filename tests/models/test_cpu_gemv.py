@@ -141,3 +141,18 @@ def test_cached_attention_updates_a_loop_carried_cache():
   for a, b in zip(looped, carry):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert np.abs(np.asarray(looped[2][-1], np.float32)).max() > 0
+
+
+def test_greedy_sd_equals_ar_on_near_ties_after_a_long_prompt():
+  """Prompts of 40 tokens prefill through XLA's dots and attention, the decode through the
+  kernels. AR must feed the last prompt token as a decode-sized pass, as SD's first round does:
+  if AR took its first logits from the prefill (the prompt's last token through XLA), a head
+  scaled down to make near-ties common flips greedy tokens (5 of these 48 rows did)."""
+  target = _bf16_target()
+  target.lm_head[...] = target.lm_head[...] * 0.001
+  kernel = backend_layout.for_decoding(target, "kernel")
+  rng = np.random.default_rng(0)
+  prompts = [list(rng.integers(1, 97, 40)) for _ in range(48)]
+  expected = sampling.generate(kernel, prompts, 24)
+  out, _ = sampling.speculative_generate(kernel, sampling.prompt_lookup(), prompts, 24, gamma=3)
+  assert out == expected
