@@ -169,7 +169,11 @@ void attend_item(const AttnWork& w, int64_t item) {
   used = used < w.s ? used : w.s;
   const int64_t group = w.h / w.hkv, d = w.d;
   const float scale = 1.0f / std::sqrt(float(d));
-  std::vector<float> qf(group * d), scores(group * (used > 0 ? used : 1)), acc(d);
+  // per-thread scratch, grown once: no allocation per layer and token
+  thread_local std::vector<float> qf, scores, acc;
+  qf.resize(group * d);
+  scores.resize(group * (used > 0 ? used : 1));
+  acc.resize(d);
   for (int64_t g = 0; g < group; ++g)
     for (int64_t i = 0; i < d; ++i) qf[g * d + i] = bf16_to_f32(w.q[(bt * w.h + kh * group + g) * d + i]);
   const bool* mrow = w.mask + bt * w.s;
