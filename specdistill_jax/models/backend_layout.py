@@ -8,9 +8,9 @@ Two layouts hold the same values (a third, `kernel`, is `fused` with its bf16 do
 * `fused`: one q/k/v matrix [(H + 2 Hkv) head_dim, in], o as [D, H head_dim], one
   gate/up matrix [2 F, D], down as [D, F], the head as [V, D]: one dot per group with the
   weights as the left operand (`layers.mm_left`).
-* `kernel`: the fused weights, and their bf16 dots of up to 8 token rows and the cached
-  attention of up to 32 new tokens run by `models/cpu_gemv.py` (AVX512-BF16, built on first
-  use) instead of XLA's ops.
+* `kernel`: the fused weights packed for `models/cpu_gemv.py` (4 rows interleaved in pieces of
+  32: `layers.set_packed`), which runs their bf16 dots of up to 8 token rows and the cached
+  attention of up to 32 new tokens (AVX512-BF16, built on first use) instead of XLA's ops.
 
 Which one is faster depends on the CPU's matrix unit, so `auto` decides per machine and dtype
 (`python experiments/bench_target.py` times both layouts in one run; its 1-token bf16 pass):
@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from specdistill_jax.models import cpu_gemv
+from specdistill_jax.models import layers
 
 LAYOUTS = ("auto", "standard", "fused", "kernel")
 
@@ -94,9 +95,14 @@ def _with_layout(model, layout: str):
     return model
   graphdef, state = nnx.split(model)
   model = nnx.merge(graphdef, state)  # a new graph over the same arrays
+  kernel = layout == "kernel"
   for node in [node for _, node in nnx.iter_graph(model) if hasattr(node, "set_fused")]:
+    if not kernel:
+      layers.set_packed(node, False)
     node.set_fused(layout != "standard")  # each module converts its own weights (layers, heads, fc)
-    node.cpu_gemv = layout == "kernel"  # static: read by layers.mm_left's callers at trace time
+    if kernel:
+      layers.set_packed(node, True)  # cpu_gemv reads its weights packed
+    node.cpu_gemv = kernel  # static: read by layers.mm_left's callers at trace time
   return model
 
 

@@ -1,8 +1,13 @@
 // bf16 small-M matmul for B=1 decoding on CPUs with AVX512-BF16 (models/cpu_gemv.py builds it).
 //
-// y[M, N] (fp32) = x[M, K] (bf16) . w[N, K]^T (bf16), fp32 accumulation, M in 1..16: the
-// weights-left dot of the fused decode layout (layers.mm_left). Each weight row is read once
-// and multiplied with every token row (vdpbf16ps: 32 products per instruction); rows of w are
+// y[M, N] (fp32) = x[M, K] (bf16) . w[N, K]^T (bf16), fp32 accumulation, M in 1..32: the
+// weights-left dot of the kernel decode layout (layers.mm_left), w packed by cpu_gemv.pack as
+// [N / 4, K / 32, 4, 32] (4 rows interleaved in 32-element pieces). A core reads w as one
+// sequential stream, which the hardware prefetcher follows at the full read bandwidth, and keeps
+// 4 x M independent accumulators (vdpbf16ps: 32 products per instruction). Reading 4 unpacked
+// rows side by side (4 streams 1 KB apart) halved a core's read rate; one unpacked row at a time
+// left M <= 8 accumulators and re-loaded x per row (/tmp microbenchmark, AMD EPYC, one core,
+// 576 x 1536: packed 1.3-1.5x faster at M = 1..8). Row blocks of w are
 // split in chunks that the calling thread and XLA's intra-op pool threads take from one atomic
 // counter, so a pool thread that starts late finds nothing left and no thread ever waits for
 // work that has not been claimed (no deadlock when the pool is busy).
@@ -27,54 +32,69 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+constexpr int64_t kRowBlock = 4;  // weight rows packed together (cpu_gemv.ROW_BLOCK)
 constexpr int64_t kChunksPerThread = 4;  // units of work per thread (a late thread still gets some)
-constexpr int64_t kMinChunk = 32;  // rows of w
+constexpr int64_t kMinChunk = 8;  // row blocks (32 rows of w)
 
 struct Work {
   const uint16_t* x;
   const uint16_t* w;
   float* y;
-  int64_t m, n, k, chunks, chunk;
+  int64_t m, n, k, chunks, chunk;  // chunk: row blocks per unit of work
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
 };
 
-// Weight row r against all M token rows. Every (row, token) sum runs in the same order for every
-// M, so an output does not depend on how many token rows came with it.
-template <int M>
-inline void row(const Work& s, int64_t r) {
-  const int64_t K = s.k;
-  __m512 acc[M];
-  _Pragma("GCC unroll 16") for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; k += 32) {
-    const __mmask32 mask = K - k >= 32 ? ~__mmask32(0) : __mmask32((1u << (K - k)) - 1);
-    const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(mask, s.w + r * K + k);
-    _Pragma("GCC unroll 16") for (int m = 0; m < M; ++m)
-      acc[m] = _mm512_dpbf16_ps(acc[m], wv, (__m512bh)_mm512_maskz_loadu_epi16(mask, s.x + m * K + k));
+// Row block b (kRowBlock weight rows, packed as [K / 32][kRowBlock][32]: one sequential stream)
+// against token rows m0 .. m0 + MG - 1: MG x kRowBlock independent accumulators, each x chunk
+// loaded once for the block's rows. Every (row, token) sum runs in the same order (its k chunks
+// in turn, then one horizontal add) for every M and grouping, so an output does not depend on
+// how many token rows came with it.
+template <int MG>
+inline void block(const Work& s, int64_t b, int64_t m0) {
+  const int64_t kc = s.k / 32;
+  const uint16_t* wb = s.w + b * kRowBlock * s.k;
+  __m512 acc[MG][kRowBlock];
+  _Pragma("GCC unroll 16") for (int m = 0; m < MG; ++m)
+    _Pragma("GCC unroll 4") for (int r = 0; r < kRowBlock; ++r) acc[m][r] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < kc; ++c) {
+    __m512bh xv[MG];
+    _Pragma("GCC unroll 16") for (int m = 0; m < MG; ++m)
+      xv[m] = (__m512bh)_mm512_loadu_si512(s.x + (m0 + m) * s.k + c * 32);
+    _Pragma("GCC unroll 4") for (int r = 0; r < kRowBlock; ++r) {
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(wb + (c * kRowBlock + r) * 32);
+      _Pragma("GCC unroll 16") for (int m = 0; m < MG; ++m) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv, xv[m]);
+    }
   }
-  _Pragma("GCC unroll 16") for (int m = 0; m < M; ++m) s.y[m * s.n + r] = _mm512_reduce_add_ps(acc[m]);
+  _Pragma("GCC unroll 16") for (int m = 0; m < MG; ++m)
+    _Pragma("GCC unroll 4") for (int r = 0; r < kRowBlock; ++r)
+      s.y[(m0 + m) * s.n + b * kRowBlock + r] = _mm512_reduce_add_ps(acc[m][r]);
 }
 
-// One weight row at a time: the core then reads w as one sequential stream, which the hardware
-// prefetcher follows at the full read bandwidth; interleaving 2-8 rows (4 streams 1 KB apart)
-// halved a core's read rate on AMD EPYC (/tmp microbenchmark: 22.9 -> 11-12 GB/s per core).
-template <int M>
+// Token rows in groups of at most 4 (16 accumulators, 4 x chunks and a weight chunk fit the 32
+// vector registers); the next group re-reads the block from L1.
 void chunk(const Work& s, int64_t lo, int64_t hi) {
-  for (int64_t r = lo; r < hi; ++r) row<M>(s, r);
+  for (int64_t b = lo; b < hi; ++b) {
+    int64_t m0 = 0;
+    for (; m0 + 4 <= s.m; m0 += 4) block<4>(s, b, m0);
+    switch (s.m - m0) {
+      case 3: block<3>(s, b, m0); break;
+      case 2: block<2>(s, b, m0); break;
+      case 1: block<1>(s, b, m0); break;
+      default: break;
+    }
+  }
 }
 
-using ChunkFn = void (*)(const Work&, int64_t, int64_t);
-constexpr ChunkFn kByM[] = {nullptr, &chunk<1>, &chunk<2>, &chunk<3>, &chunk<4>, &chunk<5>, &chunk<6>,
-                            &chunk<7>, &chunk<8>, &chunk<9>, &chunk<10>, &chunk<11>, &chunk<12>,
-                            &chunk<13>, &chunk<14>, &chunk<15>, &chunk<16>};
+constexpr int64_t kMaxM = 32;  // cpu_gemv.MAX_ROWS
 
 void drain(Work& s) {
-  const ChunkFn f = kByM[s.m];
+  const int64_t blocks = s.n / kRowBlock;
   for (;;) {
     const int64_t c = s.next.fetch_add(1, std::memory_order_relaxed);
     if (c >= s.chunks) return;
     const int64_t lo = c * s.chunk;
-    f(s, lo, lo + s.chunk < s.n ? lo + s.chunk : s.n);
+    chunk(s, lo, lo + s.chunk < blocks ? lo + s.chunk : blocks);
     s.done.fetch_add(1, std::memory_order_release);
   }
 }
@@ -82,20 +102,23 @@ void drain(Work& s) {
 ffi::Error Gemv(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
                 ffi::ResultBuffer<ffi::F32> y) {
   const auto xd = x.dimensions(), wd = w.dimensions();
-  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[1] || xd[0] < 1 || xd[0] > 16)
-    return ffi::Error::InvalidArgument("cpu_gemv: expects x [M, K] with 1 <= M <= 16 and w [N, K]");
+  if (xd.size() != 2 || wd.size() != 4 || wd[2] != kRowBlock || wd[3] != 32 || xd[1] != wd[1] * 32 ||
+      xd[0] < 1 || xd[0] > kMaxM)
+    return ffi::Error::InvalidArgument(
+        "cpu_gemv: expects x [M, K] with 1 <= M <= 32 and w packed [N / 4, K / 32, 4, 32] (cpu_gemv.pack)");
   auto s = std::make_shared<Work>();  // shared: a pool task may start after this call returned
   s->x = reinterpret_cast<const uint16_t*>(x.typed_data());
   s->w = reinterpret_cast<const uint16_t*>(w.typed_data());
   s->y = y->typed_data();
   s->m = xd[0];
-  s->n = wd[0];
-  s->k = wd[1];
+  s->n = wd[0] * kRowBlock;
+  s->k = xd[1];
   // few large contiguous chunks: each stays one sequential stream for the prefetcher
   const int64_t threads = pool.num_threads() > 0 ? pool.num_threads() : 1;
-  s->chunk = (s->n + kChunksPerThread * threads - 1) / (kChunksPerThread * threads);
+  const int64_t blocks = wd[0];
+  s->chunk = (blocks + kChunksPerThread * threads - 1) / (kChunksPerThread * threads);
   s->chunk = s->chunk < kMinChunk ? kMinChunk : s->chunk;
-  s->chunks = (s->n + s->chunk - 1) / s->chunk;
+  s->chunks = (blocks + s->chunk - 1) / s->chunk;
   int64_t helpers = pool.num_threads() - 1;
   if (helpers > s->chunks - 1) helpers = s->chunks - 1;
   for (int64_t i = 0; i < helpers; ++i) pool.Schedule([s] { drain(*s); });

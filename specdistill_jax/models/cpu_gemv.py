@@ -5,9 +5,10 @@ cache write fused in (`cached_attention`).
 
 XLA:CPU runs a bf16 dot of a few token rows against a weight matrix at 0.3-0.5 of the memory
 bandwidth on such a CPU (`python ../shared/bench/xla_cpu_dots.py`); decoding is such dots. This
-kernel reads each weight row once, multiplies it with every token row (vdpbf16ps, fp32
-accumulation) and splits the rows over XLA's own intra-op threads: 0.7-1.0 of the bandwidth at
-one or two token rows. `python experiments/bench_target.py` times the target's pass with it
+kernel reads each weight once, as one sequential stream per thread, from a packed copy (`pack`:
+4 rows interleaved in pieces of 32 elements), multiplies it with every token row (vdpbf16ps,
+fp32 accumulation, 4 x M independent sums) and splits the row blocks over XLA's own intra-op
+threads. `python experiments/bench_target.py` times the target's pass with it
 (layout `kernel`) against XLA's dots (`fused`, `standard`) in one run.
 
 It is compiled on first use with the C++ compiler on PATH (`g++ -O3 -march=native` against
@@ -42,7 +43,8 @@ import jax.numpy as jnp
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_gemv.cc")
 _TARGET = "specdistill_cpu_gemv_bf16"
 _ATTENTION_TARGET = "specdistill_cpu_attention_bf16"
-MAX_ROWS = 8  # more token rows: XLA's dot is as fast (the kernel turns compute-bound)
+MAX_ROWS = 16  # token rows the kernel takes (cpu_gemv.cc takes up to 32); more: XLA's dot is faster
+ROW_BLOCK = 4  # weight rows `pack` interleaves (kRowBlock in cpu_gemv.cc)
 MAX_ATTENTION_ROWS = 32  # new tokens per row; a prefill's attention is XLA's (batched dots win there)
 
 
@@ -104,18 +106,42 @@ def unavailable_reason() -> str | None:
   return _load()
 
 
-def applies(rows: int, x_dtype, w_dtype) -> bool:
-  """True if `matmul` runs a [rows, K] x [N, K] product of these dtypes (else use XLA's dot)."""
+def packable(w) -> bool:
+  """True if a [N, K] weight can be packed for `matmul` (N a multiple of ROW_BLOCK, K of 32)."""
+  return w.ndim == 2 and w.shape[0] % ROW_BLOCK == 0 and w.shape[1] % 32 == 0
+
+
+def pack(w):
+  """w [N, K] -> [N / ROW_BLOCK, K / 32, ROW_BLOCK, 32], `matmul`'s weight: ROW_BLOCK rows
+  interleaved in pieces of 32, so the kernel reads them as one stream (call `packable` first)."""
+  n, k = w.shape
+  return w.reshape(n // ROW_BLOCK, ROW_BLOCK, k // 32, 32).transpose(0, 2, 1, 3)
+
+
+def unpack(p):
+  """The [N, K] weight a `pack` result holds (what XLA's dots and the standard layout read)."""
+  nb, kc, r, c = p.shape
+  return p.transpose(0, 2, 1, 3).reshape(nb * r, kc * c)
+
+
+def is_packed(w) -> bool:
+  return w.ndim == 4
+
+
+def applies(rows: int, x_dtype, w) -> bool:
+  """True if `matmul` runs a [rows, K] x packed w product of these dtypes (else use XLA's dot)."""
   bf16 = jnp.dtype(jnp.bfloat16)
-  return 1 <= rows <= MAX_ROWS and jnp.dtype(x_dtype) == bf16 and jnp.dtype(w_dtype) == bf16 and available()
+  return (1 <= rows <= MAX_ROWS and is_packed(w) and jnp.dtype(x_dtype) == bf16 and jnp.dtype(w.dtype) == bf16
+          and available())
 
 
-def matmul(x, w_t):
-  """x [M, K] bf16 times w_t [N, K] bf16 transposed -> [M, N] fp32 (call `applies` first)."""
+def matmul(x, w_packed):
+  """x [M, K] bf16 times the packed [N, K] weight (`pack`) transposed -> [M, N] fp32 (call
+  `applies` first)."""
   if not available():
     raise RuntimeError(f"cpu_gemv is unavailable: {unavailable_reason()}")
-  out = jax.ShapeDtypeStruct((x.shape[0], w_t.shape[0]), jnp.float32)
-  return jax.ffi.ffi_call(_TARGET, out, vmap_method="sequential")(x, w_t)
+  out = jax.ShapeDtypeStruct((x.shape[0], w_packed.shape[0] * ROW_BLOCK), jnp.float32)
+  return jax.ffi.ffi_call(_TARGET, out, vmap_method="sequential")(x, w_packed)
 
 
 def attention_applies(q, keys) -> bool:

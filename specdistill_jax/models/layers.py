@@ -112,15 +112,17 @@ def mm_left(x, w_t, dtype, out_dtype=None, kernel: bool = False):
   runs bf16 small-M dots much faster as W[out, in] . x^T than as x . W (on one without AMX
   it is the other way round; `python experiments/bench_target.py` times both layouts). One
   row runs as two (the matrix-vector dot is ~10x slower), as in `mm`. kernel=True (the
-  `kernel` layout): bf16 products of up to cpu_gemv.MAX_ROWS rows run in models/cpu_gemv.py.
+  `kernel` layout): bf16 products of up to cpu_gemv.MAX_ROWS rows run in models/cpu_gemv.py,
+  with w_t packed (`set_packed`); XLA's dot reads it unpacked.
   """
   lead = x.shape[:-1]
   x2 = x.reshape(-1, x.shape[-1]).astype(dtype)
   rows = x2.shape[0]
   w_t = w_t.astype(dtype)
-  if kernel and cpu_gemv.applies(rows, x2.dtype, w_t.dtype):
+  if kernel and cpu_gemv.applies(rows, x2.dtype, w_t):
     out = cpu_gemv.matmul(x2, w_t).astype(out_dtype or dtype)
-    return out.reshape(lead + (w_t.shape[0],))
+    return out.reshape(lead + (out.shape[-1],))
+  w_t = unpacked(w_t)  # a prefill (more rows than the kernel takes) reads the packed weight too
   if rows == 1:
     x2 = jnp.concatenate([x2, x2], axis=0)
   out = jax.lax.dot_general(w_t, x2, (((1,), (1,)), ((), ())),
@@ -148,8 +150,39 @@ def dense(module, name: str, x, dtype, out_dtype=None):
 def weight(module, name: str):
   """The module's weight `name` as [in, out], whichever layout holds it (`name` or `name`_t)."""
   if hasattr(module, f"{name}_t"):
-    return getattr(module, f"{name}_t")[...].T
+    return unpacked(getattr(module, f"{name}_t")[...]).T
   return getattr(module, name)[...]
+
+
+def unpacked(w):
+  """A weight as its plain 2-D matrix, whether or not `set_packed` packed it for cpu_gemv."""
+  return cpu_gemv.unpack(w) if cpu_gemv.is_packed(w) else w
+
+
+def take_rows(w, ids, axis: int = 0):
+  """jnp.take(w, ids, axis=0) of a [N, D] table that may be packed (only rows ids are read)."""
+  if not cpu_gemv.is_packed(w):
+    return jnp.take(w, ids, axis=axis)
+  r = cpu_gemv.ROW_BLOCK
+  rows = w[ids // r, :, ids % r, :]  # [*ids.shape, D / 32, 32]
+  return rows.reshape(ids.shape + (-1,))
+
+
+def set_packed(module, packed: bool) -> None:
+  """Pack the module's [out, in] weights (`name`_t, and a tied embedding the head reads) for
+  cpu_gemv.matmul (the `kernel` layout), or unpack them; the same values either way. A weight
+  whose shape the kernel cannot take stays as it is (XLA's dot computes with it)."""
+  names = [n for n, v in vars(module).items() if n.endswith("_t") and isinstance(v, nnx.Param)]
+  if getattr(module, "head_is_embedding", False):
+    names.append("embed")
+  for name in names:
+    w = getattr(module, name)
+    value = w[...]
+    if packed and not cpu_gemv.is_packed(value) and cpu_gemv.packable(value):
+      setattr(module, name, nnx.Param(cpu_gemv.pack(value), logical_axes=None,
+                                      unpacked_axes=w.get_metadata().get("logical_axes")))
+    elif not packed and cpu_gemv.is_packed(value):
+      setattr(module, name, nnx.Param(cpu_gemv.unpack(value), logical_axes=w.get_metadata().get("unpacked_axes")))
 
 
 def set_transposed(module, name: str, fused: bool) -> None:

@@ -29,7 +29,8 @@ from flax import nnx
 
 from specdistill_jax.models import kv_cache as kvc
 from specdistill_jax.models.config import ModelConfig
-from specdistill_jax.models.layers import Block, RMSNorm, mm, mm_left, param, set_transposed, uses_kernel
+from specdistill_jax.models.layers import (Block, RMSNorm, mm, mm_left, param, set_transposed, take_rows,
+                                          uses_kernel)
 
 
 class Transformer(nnx.Module):
@@ -48,7 +49,7 @@ class Transformer(nnx.Module):
 
   def embed_tokens(self, tokens):
     """Token ids [B, T] -> input embeddings [B, T, D] in the compute dtype."""
-    return jnp.take(self.embed[...], tokens, axis=0).astype(self.config.jnp_dtype)
+    return take_rows(self.embed[...], tokens).astype(self.config.jnp_dtype)
 
   def project(self, h, vocab_ids=None):
     """Final hidden states [..., D] (after the final norm) -> fp32 logits [..., V].
@@ -62,7 +63,7 @@ class Transformer(nnx.Module):
     ids = None if vocab_ids is None else jnp.asarray(np.asarray(vocab_ids, np.int32))
     if self.fused:  # the fused decode layout (models/backend_layout.py): head rows [V, D] on the left
       table = self.embed if self.config.tie_embeddings else self.lm_head_t
-      table = table[...] if ids is None else jnp.take(table[...], ids, axis=0)
+      table = table[...] if ids is None else take_rows(table[...], ids)
       logits = mm_left(h2, table, dt, jnp.float32, uses_kernel(self))
     elif self.config.tie_embeddings:
       table = self.embed[...] if ids is None else jnp.take(self.embed[...], ids, axis=0)
@@ -71,6 +72,11 @@ class Transformer(nnx.Module):
       head = self.lm_head[...] if ids is None else jnp.take(self.lm_head[...], ids, axis=1)
       logits = mm("td,dv->tv", h2, head, dt, jnp.float32)
     return logits.reshape(h.shape[:-1] + (logits.shape[-1],))
+
+  @property
+  def head_is_embedding(self) -> bool:
+    """The output head is the (tied) embedding table (layers.set_packed packs it with the heads)."""
+    return self.config.tie_embeddings
 
   @property
   def fused(self) -> bool:

@@ -24,12 +24,22 @@ def _bf16(rng, *shape):
   return jnp.asarray(rng.standard_normal(shape, dtype=np.float32)).astype(jnp.bfloat16)
 
 
-@pytest.mark.parametrize("n,k", [(67, 100), (4099, 576), (37, 1536)])
+def test_pack_round_trips_and_refuses_shapes_it_cannot_take():
+  w = jnp.arange(8 * 64, dtype=jnp.float32).reshape(8, 64)
+  p = cpu_gemv.pack(w)
+  assert p.shape == (2, 2, cpu_gemv.ROW_BLOCK, 32)
+  np.testing.assert_array_equal(np.asarray(p[1, 0, 2]), np.asarray(w[6, :32]))  # row 4 + 2, first piece
+  np.testing.assert_array_equal(np.asarray(cpu_gemv.unpack(p)), np.asarray(w))
+  assert cpu_gemv.packable(w) and not cpu_gemv.packable(w[:7]) and not cpu_gemv.packable(w[:, :48])
+
+
+@pytest.mark.parametrize("n,k", [(68, 96), (4100, 576), (36, 1536)])
 def test_matmul_equals_the_exact_product_for_every_row_count(n, k):
   rng = np.random.default_rng(n)
   w = _bf16(rng, n, k)
   x = _bf16(rng, cpu_gemv.MAX_ROWS, k)
   xf, wf = np.asarray(x, np.float64), np.asarray(w, np.float64)
+  w = cpu_gemv.pack(w)
   full = np.asarray(jax.jit(cpu_gemv.matmul)(x, w))
   exact = xf @ wf.T
   atol = 8 * EPS32 * np.sqrt(k) * (np.abs(xf) @ np.abs(wf).T)
@@ -40,7 +50,7 @@ def test_matmul_equals_the_exact_product_for_every_row_count(n, k):
 
 def test_matmul_runs_inside_loops_and_conditionals():
   rng = np.random.default_rng(1)
-  w, x = _bf16(rng, 300, 64), _bf16(rng, 2, 64)
+  w, x = cpu_gemv.pack(_bf16(rng, 300, 64)), _bf16(rng, 2, 64)
 
   @jax.jit
   def f(x, w):
@@ -75,6 +85,27 @@ def test_kernel_layout_decodes_like_xla_and_sd_equals_ar_exactly():
   expected = sampling.generate(kernel, prompts, 12)
   out, _ = sampling.speculative_generate(kernel, draft, prompts, 12, gamma=3)
   assert out == expected
+
+
+@pytest.mark.parametrize("vocab,tied", [(96, True), (97, False)])
+def test_kernel_layout_packs_the_weights_and_converts_back_exactly(vocab, tied):
+  from flax import nnx
+  target = models.create(models.preset("tiny", vocab, dtype="bfloat16", tie_embeddings=tied), seed=3)
+  kernel = backend_layout.for_decoding(target, "kernel")
+  flat = dict(nnx.traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(kernel))))
+  for name in ("qkv_t", "o_t"):
+    assert flat[("layers", 0, "attn", name)].ndim == 4  # the kernel reads these packed
+  head = flat[("embed",)] if tied else flat[("lm_head_t",)]
+  assert head.ndim == (4 if vocab % cpu_gemv.ROW_BLOCK == 0 else 2)  # 97 rows: XLA's dot, unpacked
+  back = nnx.traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(backend_layout.standard(kernel))))
+  ref = nnx.traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(target)))
+  assert sorted(back) == sorted(ref)
+  for key in ref:
+    np.testing.assert_array_equal(np.asarray(back[key], np.float32), np.asarray(ref[key], np.float32))
+  # a prefill (XLA's dots and the embedding lookup read the packed weights) equals the fused layout's
+  tokens = jnp.asarray(np.random.default_rng(1).integers(1, vocab, (2, 20)), jnp.int32)
+  fused = backend_layout.for_decoding(target, "fused")
+  np.testing.assert_array_equal(np.asarray(kernel(tokens), np.float32), np.asarray(fused(tokens), np.float32))
 
 
 def _attention_reference(q, keys, values, mask):
