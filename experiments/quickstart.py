@@ -11,7 +11,8 @@
    (speculators eagle3) under WORKDIR/draft;
 4. benchmarks it with `specdistill_jax.bench`'s protocol on MT-Bench turn 1 (--num_prompts,
    round-robin over the 8 categories): B=1, greedy and temperature 1, plain and speculative
-   decoding (chains of --gammas) of each prompt back to back; prints tokens/s of both, the
+   decoding (chains of --gammas; by the head, by prompt lookup and by both routed per round:
+   --drafters) of each prompt back to back; prints tokens/s of both, the
    speedup with its 95% CI, alpha, tau, per-position acceptance, the measured draft cost c
    and verification cost v, the cost model's prediction tau / (gamma c + v), and on how many
    prompts greedy SD ids differ from AR ids.
@@ -41,7 +42,9 @@ def main(argv=None) -> str:
   p.add_argument("--target_dir", default=None, help="default: workdir/models/smollm2-135m-instruct")
   p.add_argument("--scale", default="quick", choices=("quick", "cpu", "micro"),
                  help="configs/eagle3.py preset of the head (micro: its 'smoke' preset)")
-  p.add_argument("--gammas", default="1,2,3", help="chain lengths benchmarked")
+  p.add_argument("--gammas", default="1,2", help="chain lengths benchmarked")
+  p.add_argument("--drafters", default="draft,lookup,draft+lookup",
+                 help="the head (draft), prompt lookup (lookup) and both routed per round (draft+lookup)")
   p.add_argument("--num_prompts", type=int, default=16, help="MT-Bench prompts (round-robin over categories)")
   p.add_argument("--max_new_tokens", type=int, default=64)
   p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
@@ -73,8 +76,9 @@ def main(argv=None) -> str:
   from specdistill_jax.bench import protocol, report, suite
   if micro:  # what the micro run decodes, so that its printed command says so
     args.num_prompts, args.max_new_tokens, args.dtype, args.gammas = 2, 4, "float32", "1"
+    args.drafters = "draft,lookup"
   limit, new, dtype = args.num_prompts, args.max_new_tokens, args.dtype
-  methods = protocol.parse_methods(args.gammas, "")
+  methods = protocol.parse_methods(args.gammas, "", args.drafters)
   result = suite.run_suite(target_dir, draft_dir, ["mt_bench"], methods, [0.0, 1.0], new, limit, 1, dtype,
                            data_dir, corpus_config, os.path.join(args.workdir, "bench_cache"), peers=(),
                            pair="smollm2-135m-instruct/quickstart")
@@ -99,7 +103,11 @@ def main(argv=None) -> str:
       f"`specdistill_jax.bench`'s protocol on MT-Bench turn 1 ({s.num_prompts} prompts, --limit {limit}), B=1, "
       f"{dtype}, {new} new tokens.", "",
       f"Cost model: c = draft step / target step = {s.c:.3f}; v(k) = a k-token verification / a target step = "
-      + ", ".join(f"v({k}) {v:.2f}" for k, v in sorted(s.v.items())) + "; predicted speedup = tau / (gamma c + v).",
+      + ", ".join(f"v({k}) {v:.2f}" for k, v in sorted(s.v.items())) + "; r(gamma) = one proposal round / a "
+      "target step = " + ", ".join(f"{d} r({g}) {r:.3f}" for (d, g), r in s.draft_round.items())
+      + "; predicted speedup = tau / (r(gamma) + v(gamma + 1)). Prompt lookup (no weights, no training: "
+      "sampling.prompt_lookup) is the zero-cost baseline; 'draft + lookup routed' verifies, per row and round, "
+      "the proposal of the more confident of the two.",
       "", "| method | temperature | plain tok/s | speculative tok/s | speedup [95% CI] | alpha | tau | "
       "acceptance by position | predicted | measured / predicted |",
       "|---|---:|---:|---:|---|---:|---:|---|---:|---:|"]

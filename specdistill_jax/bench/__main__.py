@@ -26,6 +26,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--suite", default="mt_bench", help=f"comma-separated prompt sets: {', '.join(suites.SETS)}")
   p.add_argument("--gammas", default="1,2,3,4", help="chains: draft tokens per round")
   p.add_argument("--trees", default="", help="dynamic trees depth:top_k:num_nodes, comma-separated")
+  p.add_argument("--drafters", default="draft,lookup",
+                 help="comma-separated: draft (--draft), lookup (prompt lookup, no weights: a row in every table), "
+                      "draft+lookup (both: chains routed by confidence, trees merged)")
   p.add_argument("--temperatures", default="0,1")
   p.add_argument("--max_new_tokens", type=int, default=64)
   p.add_argument("--limit", type=int, default=None, help="prompts per set (round-robin over categories)")
@@ -61,7 +64,7 @@ def main(argv=None) -> str:
   from specdistill_jax.bench import protocol, report, suite
   args = parser().parse_args(argv)
   t0 = time.time()
-  methods = protocol.parse_methods(args.gammas, args.trees)
+  methods = protocol.parse_methods(args.gammas, args.trees, args.drafters)
   temps = []
   for t in (t for t in args.temperatures.split(",") if t.strip()):
     try:

@@ -8,8 +8,8 @@ For one prompt set and one temperature (`decode_set`):
   program on the first prompt is untimed), but it costs wall time: on the real target a
   prompt that opens a new bucket takes ~1 min longer (one compile per method);
 * per prompt, `repeats` times: plain decoding (`sampling.generate_batch`) then every SD
-  method (`sampling.speculative_generate`, a chain of gamma drafts or a `TreeSpec`), back
-  to back, so machine noise hits all of them alike; a prompt's time is the median over
+  method (`sampling.speculative_generate`, a chain of gamma drafts or a `TreeSpec`, by the
+  run's draft, prompt lookup, or both routed / merged: `Method.drafter`), back to back, so machine noise hits all of them alike; a prompt's time is the median over
   repeats (its tokens and acceptance are the same in every repeat: the seed is the prompt's
   index);
 * `max_new_tokens` new tokens at most, stopping at the target's eos.
@@ -33,27 +33,39 @@ from specdistill_jax import sampling
 from specdistill_jax.sampling.prompts import round_up
 
 
+DRAFTERS = ("draft", "lookup", "draft+lookup")
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """One way of drafting: a chain of `gamma` drafts, or a dynamic tree."""
+  """One way of drafting: a chain of `gamma` drafts, or a dynamic tree, by `drafter`: the run's
+  draft ('draft'), prompt lookup ('lookup': sampling.prompt_lookup(), no weights) or both
+  ('draft+lookup': chains routed per row and round by confidence, trees merged; TAPS)."""
 
   gamma: int
   tree: Optional[sampling.TreeSpec] = None
+  drafter: str = "draft"
 
   @property
   def label(self) -> str:
     t = self.tree
-    return f"tree {t.depth}:{t.top_k}:{t.num_nodes}" if t else f"chain gamma={self.gamma}"
+    shape = f"tree {t.depth}:{t.top_k}:{t.num_nodes}" if t else f"chain gamma={self.gamma}"
+    if self.drafter == "draft":
+      return shape
+    if self.drafter == "lookup":
+      return f"prompt lookup, {shape}"
+    return f"draft + lookup {'merged' if t else 'routed'}, {shape}"
 
   @property
   def verified(self) -> int:
-    """Tokens of one verification pass: the last token and the drafts."""
-    return 1 + (self.tree.num_nodes if self.tree else self.gamma)
+    """Tokens of one verification pass: the last token and the drafts (every drafter's tree)."""
+    trees = len(self.drafter.split("+"))
+    return 1 + (trees * self.tree.num_nodes if self.tree else self.gamma)
 
   @property
   def extra_slots(self) -> int:
     t = self.tree
-    return self.gamma + 1 if t is None else max(1 + t.num_nodes, t.depth + 1 + (t.depth - 1) * t.top_k)
+    return self.gamma + 1 if t is None else max(self.verified, t.depth + 1 + (t.depth - 1) * t.top_k)
 
   @property
   def tree_field(self) -> Optional[str]:
@@ -61,22 +73,26 @@ class Method:
     return f"depth={t.depth},top_k={t.top_k},num_nodes={t.num_nodes}" if t else None
 
 
-def parse_methods(gammas: str, trees: str) -> list[Method]:
-  """'1,2,3' and '4:2:8,5:4:16' -> chains then trees."""
-  out = []
+def parse_methods(gammas: str, trees: str, drafters: str = "draft") -> list[Method]:
+  """'1,2,3' and '4:2:8,5:4:16' (and 'draft,lookup') -> chains then trees, per drafter."""
+  shapes = []
   for g in (s for s in gammas.split(",") if s.strip()):
     if not g.strip().isdigit() or int(g) < 1:
       raise ValueError(f"--gammas: {g!r} is not an integer >= 1 (e.g. --gammas 1,2,3,4)")
-    out.append(Method(int(g)))
+    shapes.append((int(g), None))
   for s in (s for s in trees.split(",") if s.strip()):
     parts = s.split(":")
     if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
       raise ValueError(f"--trees: {s!r} is not depth:top_k:num_nodes (e.g. --trees 4:2:8)")
     spec = sampling.TreeSpec(*map(int, parts))
-    out.append(Method(spec.depth, spec))
-  if not out:
+    shapes.append((spec.depth, spec))
+  if not shapes:
     raise ValueError("no SD method: give --gammas and/or --trees")
-  return out
+  names = [d.strip() for d in drafters.split(",") if d.strip()]
+  bad = [d for d in names if d not in DRAFTERS]
+  if bad or not names:
+    raise ValueError(f"--drafters: {bad or drafters!r} not among {', '.join(DRAFTERS)} (e.g. --drafters draft,lookup)")
+  return [Method(g, t, d) for d in names for g, t in shapes]
 
 
 @dataclasses.dataclass
@@ -107,9 +123,13 @@ def padded(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 64):
 
 def decode_set(target, draft, prompts: Sequence[Sequence[int]], categories: Sequence[str],
                methods: Sequence[Method], temperature: float, max_new_tokens: int, repeats: int = 1,
-               progress: Optional[str] = None) -> dict:
-  """{None: [AR Record per prompt], method: [SD Record per prompt]} (see the module docstring)."""
+               progress: Optional[str] = None, lookup=None) -> dict:
+  """{None: [AR Record per prompt], method: [SD Record per prompt]} (see the module docstring).
+
+  lookup: the prompt-lookup drafter of 'lookup' methods (default sampling.prompt_lookup())."""
   from tqdm import tqdm
+
+  drafters = dict(draft=draft, lookup=lookup if lookup is not None else sampling.prompt_lookup())
 
   rows, lengths = padded(prompts, target.config.pad_token_id)
   cache = rows.shape[1] + max_new_tokens + max(m.extra_slots for m in methods)
@@ -121,9 +141,12 @@ def decode_set(target, draft, prompts: Sequence[Sequence[int]], categories: Sequ
     return Record(i, categories[i], n, g.wall_seconds, np.asarray(g.tokens)[0, :n].tolist())
 
   def sd(i, m: Method):
-    out, st = sampling.speculative_generate(target, draft, rows[i:i + 1], max_new_tokens, gamma=m.gamma,
-                                            temperature=temperature, rng=i, lengths=lengths[i:i + 1],
-                                            cache_size=cache, tree=m.tree)
+    kw = dict(temperature=temperature, rng=i, lengths=lengths[i:i + 1], cache_size=cache, tree=m.tree)
+    ds = [drafters[name] for name in m.drafter.split("+")]
+    if len(ds) == 1:
+      out, st = sampling.speculative_generate(target, ds[0], rows[i:i + 1], max_new_tokens, gamma=m.gamma, **kw)
+    else:
+      out, st = sampling.routed_speculative_generate(target, ds, rows[i:i + 1], max_new_tokens, gamma=m.gamma, **kw)
     return Record(i, categories[i], st["tokens"], st["wall_seconds"], out[0], st["accepted"], st["tested"],
                   st["row_rounds"], st["position_accepted"], st["position_tested"])
 

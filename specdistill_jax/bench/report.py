@@ -4,7 +4,8 @@
   prompt set overall (speedup with its 95% CI, alpha, tau, per-position acceptance, c, v,
   predicted speedup, greedy SD vs AR ids), one per category, and the peers;
 * JSON rows (`json_rows`) into a shared list (experiments/results/decode_benchmark.json),
-  replacing rows with the same (pair, prompt_set, gamma, tree, temperature, dtype); rows
+  replacing rows with the same (pair, prompt_set, gamma, tree, temperature, dtype); a row of
+  prompt lookup or of the draft with it names its drafter in its pair ('PAIR [lookup]'); rows
   of the earlier one-prompt protocol (no `prompt_set` field) are dropped;
 * PNG: speedup per category, one bar per method, a panel per temperature.
 """
@@ -57,7 +58,8 @@ def markdown(result: SuiteResult, command: str, minutes: float) -> str:
     lines += [f"## {s.name}: {s.num_prompts} prompts" + (f" (--limit {s.limit})" if s.limit else ""), "",
               f"Target step {s.target_step_ms:.1f} ms; c = {s.c:.3f}; "
               + ", ".join(f"v({k}) = {x:.2f}" for k, x in s.v.items())
-              + "".join(f", r({g}) = {x:.3f}" for g, x in s.draft_round.items()) + ".", "",
+              + "".join(f", r({g}) = {x:.3f}" if d == "draft" else f", {d} r({g}) = {x:.3f}"
+                        for (d, g), x in s.draft_round.items()) + ".", "",
               "| T | method | AR tok/s | SD tok/s | speedup [95% CI] | alpha | tau | acceptance by position | "
               "predicted | ms/round | greedy SD != AR |",
               "|---:|---|---:|---:|---|---:|---:|---|---:|---:|---|"]
@@ -103,12 +105,13 @@ def json_rows(result: SuiteResult) -> list[dict]:
               for y in s.summaries if y["method"] == m and y["temperature"] == x["temperature"] and y["category"] != "all"}
       pred = x.get("predicted_speedup")
       rows.append(dict(
-          pair=result.pair, batch=1, temperature=x["temperature"], gamma=m.gamma, tree=m.tree_field,
+          pair=result.pair if m.drafter == "draft" else f"{result.pair} [{m.drafter}]", drafter=m.drafter, batch=1, temperature=x["temperature"], gamma=m.gamma, tree=m.tree_field,
           dtype=result.dtype, ar_tokens_per_s=round(x["ar_tokens_per_s"], 2),
           sd_tokens_per_s=round(x["sd_tokens_per_s"], 2), speedup=round(x["speedup"], 3),
           predicted_speedup=None if pred is None else round(pred, 3), alpha=round(x["alpha"], 4),
           tau=round(x["tau"], 3), c=round(s.c, 4), v=round(s.v[m.verified], 3),
-          draft_round=None if m.tree is not None else round(s.draft_round[m.gamma], 4), prompt_set=s.name,
+          draft_round=None if m.tree is not None else round(s.draft_round[(m.drafter, m.gamma)], 4),
+          prompt_set=s.name,
           num_prompts=x["num_prompts"], new_tokens=x["new_tokens"], speedup_ci=x["speedup_ci"],
           max_new_tokens=result.max_new_tokens, position_acceptance=x["position_acceptance"],
           greedy_differs=len(x["greedy_differs"]) if "greedy_differs" in x else None, categories=cats,

@@ -35,7 +35,7 @@ class SetResult:
   limit: Optional[int]
   c: float
   v: dict  # verified tokens -> v
-  draft_round: dict  # chain length gamma -> one proposal round / a target step
+  draft_round: dict  # (Method.drafter, chain length gamma) -> one proposal round / a target step
   target_step_ms: float
   summaries: list  # dicts: temperature, method, category ('all' = the whole set), summary fields
   peers: list
@@ -132,7 +132,7 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
               max_prompt_tokens: int = 1024, layout: str = "auto", log=print) -> SuiteResult:
   import jax.numpy as jnp
 
-  from specdistill_jax import evaluate, loading
+  from specdistill_jax import evaluate, loading, sampling
   from specdistill_jax.data import suites
   from specdistill_jax.data.tokenizer import ChatFormat
   from specdistill_jax.models import backend_layout
@@ -150,6 +150,12 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
   backend_layout.resolve(layout)
   target = loading.load_model(target_dir, dtype=jnp.dtype(dtype))
   draft = backend_layout.for_decoding(loading.load_draft(draft_dir, target, dtype=jnp.dtype(dtype)), layout)
+  if os.fspath(draft_dir).split(":")[0] == loading.PROMPT_LOOKUP:  # --draft prompt_lookup: its rows are the lookup rows
+    if any(m.drafter == "draft+lookup" for m in methods):
+      raise ValueError(f"--drafters draft+lookup: the draft ({draft_dir}) is prompt lookup itself; "
+                       "use --drafters draft")
+    methods = [m for m in methods if m.drafter != "lookup"]
+  drafters = dict(draft=draft, lookup=sampling.prompt_lookup().for_target(target))
   target = backend_layout.for_decoding(target, layout)
   chat = ChatFormat(loading.load_tokenizer(target_dir))
   pair = pair or f"{os.path.basename(os.path.normpath(target_dir))}/{os.path.basename(os.path.normpath(draft_dir))}"
@@ -164,15 +170,16 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
     step = evaluate.step_seconds(target, 1, cache)
     c = evaluate.round_seconds(draft, 1, cache) / step
     v = {k: evaluate.step_seconds(target, 1, cache, tokens=k) / step for k in sorted({m.verified for m in methods})}
-    rounds = {g: evaluate.round_seconds(draft, g, cache) / step for g in sorted({m.gamma for m in methods
-                                                                                 if m.tree is None})}
+    rounds = {(m.drafter, m.gamma): sum(evaluate.round_seconds(drafters[d], m.gamma, cache)
+                                        for d in m.drafter.split("+")) / step
+              for m in methods if m.tree is None}
     log(f"{name}: {len(prompts)} prompts{f' (--limit {limit})' if limit else ''}; target step "
         f"{1e3 * step:.1f} ms, c {c:.3f}, v " + ", ".join(f"v({k}) {x:.2f}" for k, x in v.items())
-        + ", draft round " + ", ".join(f"r({g}) {x:.3f}" for g, x in rounds.items()))
+        + ", draft round " + ", ".join(f"{d} r({g}) {x:.3f}" for (d, g), x in rounds.items()))
     summaries, greedy_ar = [], None
     for temp in temperatures:
       recs = decode_set(target, draft, ids, cats, methods, temp, max_new_tokens, repeats,
-                        progress=f"{name} T={temp:g}")
+                        progress=f"{name} T={temp:g}", lookup=drafters["lookup"])
       release_programs()
       if temp == 0.0:
         greedy_ar = [r.ids for r in recs[None]]
@@ -181,7 +188,7 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
           keep = [i for i, cc in enumerate(cats) if cat == "all" or cc == cat]
           summary = summarise([recs[m][i] for i in keep], [recs[None][i] for i in keep], temp)
           if m.tree is None:
-            summary["predicted_speedup"] = summary["tau"] / (rounds[m.gamma] + v[m.verified])
+            summary["predicted_speedup"] = summary["tau"] / (rounds[(m.drafter, m.gamma)] + v[m.verified])
           summaries.append(dict(temperature=temp, method=m, category=cat, **summary))
           if cat == "all":
             s = summary

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from specdistill_jax.bench import __main__ as bench_cli
+from specdistill_jax import sampling
 from specdistill_jax.bench import protocol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -21,7 +22,7 @@ def _args(world, data_dir, tmp, *extra):
           "--temperatures", "0,1", "--max_new_tokens", "6", "--limit", "3", "--dtype", "float32",
           "--data_dir", data_dir, "--corpus_config", "small", "--cache_dir", str(tmp / "cache"),
           "--peers", "transformers", "--max_prompt_tokens", "40", "--pair", "micro/pair",
-          "--out", str(tmp / "b.md"), "--json", str(tmp / "b.json"), *extra]
+          "--out", str(tmp / "b.md"), "--json", str(tmp / "b.json"), "--drafters", "draft", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +122,30 @@ def test_prompt_lookup_is_a_draft_of_the_benchmark(micro_world, small_data, tmp_
   assert "llama.cpp prompt lookup decoding" in text
   with pytest.raises(ValueError, match="prompt_lookup:3:1"):
     bench_cli.main(_args(world, small_data[0], tmp_path, "--draft", "prompt_lookup:x"))
+
+
+def test_lookup_rows_and_the_draft_with_lookup_decode_like_greedy_ar(micro_world, small_data, tmp_path):
+  """--drafters draft,lookup,draft+lookup: prompt lookup alone and with the draft (chains routed;
+  trees merged, as sampling's tests check) are rows of their own (pairs named by drafter), each
+  greedy-equal to AR in fp32."""
+  world = os.environ["SPECDISTILL_WORLD"]
+  args = _args(world, small_data[0], tmp_path, "--suite", "sharegpt_chat", "--gammas", "2", "--trees", "",
+               "--temperatures", "0", "--limit", "2", "--pair", "micro/combo", "--peers", "",
+               "--drafters", "draft,lookup,draft+lookup")
+  bench_cli.main(args)
+  rows = [r for r in json.load(open(tmp_path / "b.json")) if r["pair"].startswith("micro/combo")]
+  assert sorted(r["pair"] for r in rows) == ["micro/combo", "micro/combo [draft+lookup]", "micro/combo [lookup]"]
+  assert all(r["greedy_differs"] == 0 and r["num_prompts"] == 2 for r in rows)
+  by = {r["drafter"]: r for r in rows}
+  assert by["draft+lookup"]["draft_round"] > by["draft"]["draft_round"]  # both drafters propose every round
+  text = open(tmp_path / "b.md").read()
+  for label in ("prompt lookup, chain gamma=2", "draft + lookup routed, chain gamma=2"):
+    assert f"| {label} |" in text
+  assert protocol.Method(2, sampling.TreeSpec(2, 2, 3), "draft+lookup").verified == 1 + 2 * 3  # merged trees
+  with pytest.raises(ValueError, match="--drafters: .*'lokup'"):
+    protocol.parse_methods("1", "", "draft,lokup")
+  with pytest.raises(ValueError, match="prompt lookup itself"):
+    bench_cli.main(_args(world, small_data[0], tmp_path, "--draft", "prompt_lookup", "--drafters", "draft+lookup"))
 
 
 def test_a_failing_peer_becomes_a_failed_row_not_a_lost_run():
