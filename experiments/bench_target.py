@@ -9,8 +9,8 @@ first if missing). In one run it measures:
 * ms per cached forward of k new tokens (B=1, a 512-slot cache a quarter full, the
   model's parameters and compute in that dtype), best of several timed loops, in each
   parameter layout (models/backend_layout.py: `standard`; `fused`, one dot per group with the
-  weights left; `kernel`, the fused weights with bf16 dots of up to 8 rows in the C++ kernel of
-  models/cpu_gemv.py: bf16 only, skipped where it cannot be built);
+  weights left; `kernel`, the fused weights packed for the C++ kernels of models/cpu_gemv.py
+  (bf16 or fp32 dots of up to 16 rows, cached attention; skipped where they cannot be built);
 * the limit: the parameter bytes a forward must read / the bandwidth, and the fraction of
   it reached (limit / measured); and v(k) = ms(k) / ms(1).
 Writes experiments/results/target_benchmark.md and the rows (model, dtype, tokens, ms,
@@ -70,8 +70,8 @@ def main(argv=None):
   rows, lines = [], []
   skipped = []
   for dtype, layout in itertools.product(args.dtypes.split(","), args.layouts.split(",")):
-    if layout == "kernel" and (jnp.dtype(dtype) != jnp.bfloat16 or not cpu_gemv.available()):
-      skipped.append(f"{dtype}/{layout}")  # fp32 'kernel' is 'fused': the kernel runs bf16 only
+    if layout == "kernel" and not cpu_gemv.available():
+      skipped.append(f"{dtype}/{layout}")
       continue
     model = backend_layout.for_decoding(models.load_hf(args.model, dtype=jnp.dtype(dtype)), layout)
     nbytes = param_bytes(model)
@@ -86,8 +86,7 @@ def main(argv=None):
                    f"{sec / one if one else float('nan'):.2f} |")
       print(lines[-1], flush=True)
     del model
-  skip_note = (f" Not run: {', '.join(skipped)} (the kernel runs bf16 dots only; here it is "
-               f"{'available' if cpu_gemv.available() else 'unavailable: ' + cpu_gemv.unavailable_reason()})."
+  skip_note = (f" Not run: {', '.join(skipped)} (the kernel is unavailable here: {cpu_gemv.unavailable_reason()})."
                if skipped else "")
   text = "\n".join([
       "# The real target's cached forward at B=1", "",

@@ -73,9 +73,9 @@ def describe_cpu() -> str:
 
 
 def resolve(layout: str = "auto", dtype=None) -> str:
-  """The layout name decoding uses: 'auto' -> 'kernel' for a bf16 (or narrower) compute dtype
-  where cpu_gemv builds, else 'fused' for one on a CPU with AMX, else 'standard' (see the module
-  docstring); ValueError for an unknown name or a 'kernel' this machine cannot build."""
+  """The layout name decoding uses: 'auto' -> 'kernel' for a bf16 or fp32 compute dtype where
+  cpu_gemv builds, else 'fused' for a bf16 (or narrower) one on a CPU with AMX, else 'standard'
+  (see the module docstring); ValueError for an unknown name or a 'kernel' this machine cannot build."""
   if layout not in LAYOUTS:
     raise ValueError(f"layout={layout!r} is not one of {LAYOUTS}")
   if layout == "kernel" and not cpu_gemv.available():
@@ -84,7 +84,7 @@ def resolve(layout: str = "auto", dtype=None) -> str:
   if layout != "auto":
     return layout
   narrow = dtype is not None and jnp.dtype(dtype).itemsize <= 2
-  if narrow and cpu_gemv.available():
+  if dtype is not None and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float32) and cpu_gemv.available():
     return "kernel"
   amx = jax.default_backend() == "cpu" and "amx_bf16" in cpu_flags()
   return "fused" if narrow and amx else "standard"

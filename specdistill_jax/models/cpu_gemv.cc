@@ -20,6 +20,7 @@
 #include <limits>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -36,34 +37,57 @@ constexpr int64_t kRowBlock = 4;  // weight rows packed together (cpu_gemv.ROW_B
 constexpr int64_t kChunksPerThread = 4;  // units of work per thread (a late thread still gets some)
 constexpr int64_t kMinChunk = 8;  // row blocks (32 rows of w)
 
+template <typename E>
 struct Work {
-  const uint16_t* x;
-  const uint16_t* w;
+  const E* x;
+  const E* w;
   float* y;
   int64_t m, n, k, chunks, chunk;  // chunk: row blocks per unit of work
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
 };
 
+// One piece of 32 elements of x (loaded once per piece and token row, used for the block's
+// rows) and acc += w . x over it: one vdpbf16ps (bf16) or two FMAs (fp32), the lanes in the same
+// order for every M.
+struct Bf16Piece {
+  __m512bh v;
+  void load(const uint16_t* x) { v = (__m512bh)_mm512_loadu_si512(x); }
+  __m512 fma(__m512 acc, const uint16_t* w) const {
+    return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(w), v);
+  }
+};
+struct F32Piece {
+  __m512 lo, hi;
+  void load(const float* x) {
+    lo = _mm512_loadu_ps(x);
+    hi = _mm512_loadu_ps(x + 16);
+  }
+  __m512 fma(__m512 acc, const float* w) const {
+    return _mm512_fmadd_ps(_mm512_loadu_ps(w + 16), hi, _mm512_fmadd_ps(_mm512_loadu_ps(w), lo, acc));
+  }
+};
+template <typename E>
+using Piece = std::conditional_t<std::is_same_v<E, float>, F32Piece, Bf16Piece>;
+
 // Row block b (kRowBlock weight rows, packed as [K / 32][kRowBlock][32]: one sequential stream)
-// against token rows m0 .. m0 + MG - 1: MG x kRowBlock independent accumulators, each x chunk
-// loaded once for the block's rows. Every (row, token) sum runs in the same order (its k chunks
-// in turn, then one horizontal add) for every M and grouping, so an output does not depend on
-// how many token rows came with it.
-template <int MG>
-inline void block(const Work& s, int64_t b, int64_t m0) {
+// against token rows m0 .. m0 + MG - 1: MG x kRowBlock independent accumulators, each x piece
+// loaded once for the block's rows. Every (row, token) sum runs in the same order (its pieces in
+// turn, then one horizontal add) for every M and grouping, so an output does not depend on how
+// many token rows came with it.
+template <int MG, typename E>
+inline void block(const Work<E>& s, int64_t b, int64_t m0) {
   const int64_t kc = s.k / 32;
-  const uint16_t* wb = s.w + b * kRowBlock * s.k;
+  const E* wb = s.w + b * kRowBlock * s.k;
   __m512 acc[MG][kRowBlock];
   _Pragma("GCC unroll 16") for (int m = 0; m < MG; ++m)
     _Pragma("GCC unroll 4") for (int r = 0; r < kRowBlock; ++r) acc[m][r] = _mm512_setzero_ps();
   for (int64_t c = 0; c < kc; ++c) {
-    __m512bh xv[MG];
-    _Pragma("GCC unroll 16") for (int m = 0; m < MG; ++m)
-      xv[m] = (__m512bh)_mm512_loadu_si512(s.x + (m0 + m) * s.k + c * 32);
+    Piece<E> xv[MG];
+    _Pragma("GCC unroll 16") for (int m = 0; m < MG; ++m) xv[m].load(s.x + (m0 + m) * s.k + c * 32);
     _Pragma("GCC unroll 4") for (int r = 0; r < kRowBlock; ++r) {
-      const __m512bh wv = (__m512bh)_mm512_loadu_si512(wb + (c * kRowBlock + r) * 32);
-      _Pragma("GCC unroll 16") for (int m = 0; m < MG; ++m) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv, xv[m]);
+      const E* wp = wb + (c * kRowBlock + r) * 32;
+      _Pragma("GCC unroll 16") for (int m = 0; m < MG; ++m) acc[m][r] = xv[m].fma(acc[m][r], wp);
     }
   }
   _Pragma("GCC unroll 16") for (int m = 0; m < MG; ++m)
@@ -71,9 +95,10 @@ inline void block(const Work& s, int64_t b, int64_t m0) {
       s.y[(m0 + m) * s.n + b * kRowBlock + r] = _mm512_reduce_add_ps(acc[m][r]);
 }
 
-// Token rows in groups of at most 4 (16 accumulators, 4 x chunks and a weight chunk fit the 32
-// vector registers); the next group re-reads the block from L1.
-void chunk(const Work& s, int64_t lo, int64_t hi) {
+// Token rows in groups of at most 4 (16 accumulators and the pieces in flight fit the 32 vector
+// registers); the next group re-reads the block from L1.
+template <typename E>
+void chunk(const Work<E>& s, int64_t lo, int64_t hi) {
   for (int64_t b = lo; b < hi; ++b) {
     int64_t m0 = 0;
     for (; m0 + 4 <= s.m; m0 += 4) block<4>(s, b, m0);
@@ -86,9 +111,10 @@ void chunk(const Work& s, int64_t lo, int64_t hi) {
   }
 }
 
-constexpr int64_t kMaxM = 32;  // cpu_gemv.MAX_ROWS
+constexpr int64_t kMaxM = 32;  // token rows per call (cpu_gemv.MAX_ROWS routes up to 16)
 
-void drain(Work& s) {
+template <typename E>
+void drain(Work<E>& s) {
   const int64_t blocks = s.n / kRowBlock;
   for (;;) {
     const int64_t c = s.next.fetch_add(1, std::memory_order_relaxed);
@@ -99,16 +125,20 @@ void drain(Work& s) {
   }
 }
 
-ffi::Error Gemv(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
-                ffi::ResultBuffer<ffi::F32> y) {
+template <ffi::DataType T>
+using Elem = std::conditional_t<T == ffi::DataType::F32, float, uint16_t>;
+
+template <ffi::DataType T>
+ffi::Error Gemv(ffi::ThreadPool pool, ffi::Buffer<T> x, ffi::Buffer<T> w, ffi::ResultBuffer<ffi::F32> y) {
+  using E = Elem<T>;
   const auto xd = x.dimensions(), wd = w.dimensions();
   if (xd.size() != 2 || wd.size() != 4 || wd[2] != kRowBlock || wd[3] != 32 || xd[1] != wd[1] * 32 ||
       xd[0] < 1 || xd[0] > kMaxM)
     return ffi::Error::InvalidArgument(
         "cpu_gemv: expects x [M, K] with 1 <= M <= 32 and w packed [N / 4, K / 32, 4, 32] (cpu_gemv.pack)");
-  auto s = std::make_shared<Work>();  // shared: a pool task may start after this call returned
-  s->x = reinterpret_cast<const uint16_t*>(x.typed_data());
-  s->w = reinterpret_cast<const uint16_t*>(w.typed_data());
+  auto s = std::make_shared<Work<E>>();  // shared: a pool task may start after this call returned
+  s->x = reinterpret_cast<const E*>(x.untyped_data());
+  s->w = reinterpret_cast<const E*>(w.untyped_data());
   s->y = y->typed_data();
   s->m = xd[0];
   s->n = wd[0] * kRowBlock;
@@ -139,50 +169,54 @@ ffi::Error Gemv(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi:
 // reads only the filled prefix of the cache. Work items (b, t, kv head) are split like the
 // matmul's chunks when there is enough of it.
 
-inline __m512 bf16x16(const uint16_t* p) {  // 16 bf16 -> 16 fp32 (exact)
+inline __m512 load16(const uint16_t* p) {  // 16 bf16 -> 16 fp32 (exact)
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 
-inline float dot_bf16(const float* q, const uint16_t* k, int64_t d) {
-  __m512 acc = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= d; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), bf16x16(k + i), acc);
-  float tail = 0.f;
-  for (; i < d; ++i) {
-    uint32_t bits = uint32_t(k[i]) << 16;
-    float kv;
-    __builtin_memcpy(&kv, &bits, 4);
-    tail += q[i] * kv;
-  }
-  return _mm512_reduce_add_ps(acc) + tail;
-}
-
-inline float bf16_to_f32(uint16_t h) {
+inline float to_f32(uint16_t h) {
   uint32_t bits = uint32_t(h) << 16;
   float f;
   __builtin_memcpy(&f, &bits, 4);
   return f;
 }
+inline float to_f32(float f) { return f; }
 
-inline uint16_t f32_to_bf16(float f) {  // round to nearest even (NaN stays NaN)
+inline void from_f32(float f, uint16_t* out) {  // round to nearest even (NaN stays NaN)
   uint32_t bits;
   __builtin_memcpy(&bits, &f, 4);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return uint16_t((bits >> 16) | 0x40);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) {
+    *out = uint16_t((bits >> 16) | 0x40);
+    return;
+  }
   bits += 0x7fffu + ((bits >> 16) & 1u);
-  return uint16_t(bits >> 16);
+  *out = uint16_t(bits >> 16);
+}
+inline void from_f32(float f, float* out) { *out = f; }
+
+template <typename E>
+inline float dot(const float* q, const E* k, int64_t d) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= d; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), load16(k + i), acc);
+  float tail = 0.f;
+  for (; i < d; ++i) tail += q[i] * to_f32(k[i]);
+  return _mm512_reduce_add_ps(acc) + tail;
 }
 
+template <typename E>
 struct AttnWork {
-  const uint16_t *q, *keys, *values;
+  const E *q, *keys, *values;
   const int32_t* slots;
   const bool* mask;
-  uint16_t* out;
+  E* out;
   int64_t b, t, h, hkv, s, d;
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
 };
 
-void attend_item(const AttnWork& w, int64_t item) {
+template <typename E>
+void attend_item(const AttnWork<E>& w, int64_t item) {
   const int64_t kh = item % w.hkv, bt = item / w.hkv, b = bt / w.t;
   int64_t used = 0;
   for (int64_t j = 0; j < w.t; ++j) {
@@ -198,17 +232,17 @@ void attend_item(const AttnWork& w, int64_t item) {
   scores.resize(group * (used > 0 ? used : 1));
   acc.resize(d);
   for (int64_t g = 0; g < group; ++g)
-    for (int64_t i = 0; i < d; ++i) qf[g * d + i] = bf16_to_f32(w.q[(bt * w.h + kh * group + g) * d + i]);
+    for (int64_t i = 0; i < d; ++i) qf[g * d + i] = to_f32(w.q[(bt * w.h + kh * group + g) * d + i]);
   const bool* mrow = w.mask + bt * w.s;
   const int64_t stride = w.hkv * d;
-  const uint16_t* kbase = w.keys + (b * w.s * w.hkv + kh) * d;
-  const uint16_t* vbase = w.values + (b * w.s * w.hkv + kh) * d;
+  const E* kbase = w.keys + (b * w.s * w.hkv + kh) * d;
+  const E* vbase = w.values + (b * w.s * w.hkv + kh) * d;
   for (int64_t g = 0; g < group; ++g) {
     float* sc = scores.data() + g * used;
     float top = -std::numeric_limits<float>::infinity();
     for (int64_t s = 0; s < used; ++s) {
       if (!mrow[s]) continue;
-      sc[s] = dot_bf16(qf.data() + g * d, kbase + s * stride, d) * scale;
+      sc[s] = dot(qf.data() + g * d, kbase + s * stride, d) * scale;
       top = sc[s] > top ? sc[s] : top;
     }
     float total = 0.f;
@@ -220,19 +254,20 @@ void attend_item(const AttnWork& w, int64_t item) {
       for (int64_t s = 0; s < used; ++s) {
         if (!mrow[s]) continue;
         const __m512 p = _mm512_set1_ps(sc[s] * inv);
-        const uint16_t* vrow = vbase + s * stride;
+        const E* vrow = vbase + s * stride;
         int64_t i = 0;
         for (; i + 16 <= d; i += 16)
-          _mm512_storeu_ps(acc.data() + i, _mm512_fmadd_ps(p, bf16x16(vrow + i), _mm512_loadu_ps(acc.data() + i)));
-        for (; i < d; ++i) acc[i] += sc[s] * inv * bf16_to_f32(vrow[i]);
+          _mm512_storeu_ps(acc.data() + i, _mm512_fmadd_ps(p, load16(vrow + i), _mm512_loadu_ps(acc.data() + i)));
+        for (; i < d; ++i) acc[i] += sc[s] * inv * to_f32(vrow[i]);
       }
     }
-    uint16_t* o = w.out + (bt * w.h + kh * group + g) * d;
-    for (int64_t i = 0; i < d; ++i) o[i] = f32_to_bf16(acc[i]);
+    E* o = w.out + (bt * w.h + kh * group + g) * d;
+    for (int64_t i = 0; i < d; ++i) from_f32(acc[i], o + i);
   }
 }
 
-void attend_drain(AttnWork& w, int64_t items) {
+template <typename E>
+void attend_drain(AttnWork<E>& w, int64_t items) {
   for (;;) {
     const int64_t c = w.next.fetch_add(1, std::memory_order_relaxed);
     if (c >= items) return;
@@ -241,41 +276,42 @@ void attend_drain(AttnWork& w, int64_t items) {
   }
 }
 
-ffi::Error Attend(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> q, ffi::Buffer<ffi::BF16> k,
-                  ffi::Buffer<ffi::BF16> v, ffi::Buffer<ffi::BF16> keys, ffi::Buffer<ffi::BF16> values,
-                  ffi::Buffer<ffi::S32> slots, ffi::Buffer<ffi::PRED> mask, ffi::ResultBuffer<ffi::BF16> out,
-                  ffi::ResultBuffer<ffi::BF16> keys_out, ffi::ResultBuffer<ffi::BF16> values_out) {
+template <ffi::DataType T>
+ffi::Error Attend(ffi::ThreadPool pool, ffi::Buffer<T> q, ffi::Buffer<T> k, ffi::Buffer<T> v, ffi::Buffer<T> keys,
+                  ffi::Buffer<T> values, ffi::Buffer<ffi::S32> slots, ffi::Buffer<ffi::PRED> mask,
+                  ffi::ResultBuffer<T> out, ffi::ResultBuffer<T> keys_out, ffi::ResultBuffer<T> values_out) {
+  using E = Elem<T>;
   const auto qd = q.dimensions(), cd = keys.dimensions(), kd = k.dimensions();
   if (qd.size() != 4 || cd.size() != 4 || kd.size() != 4 || kd[0] != qd[0] || kd[1] != qd[1] ||
       cd[0] != qd[0] || cd[2] != kd[2] || cd[3] != qd[3] || kd[3] != qd[3] || qd[2] % cd[2] != 0)
     return ffi::Error::InvalidArgument("cpu_attention: expects q [B,T,H,D], k/v [B,T,Hkv,D], keys/values [B,S,Hkv,D]");
-  const int64_t B = qd[0], T = qd[1], H = qd[2], D = qd[3], S = cd[1], Hkv = cd[2];
-  uint16_t* kc = reinterpret_cast<uint16_t*>(keys_out->typed_data());
-  uint16_t* vc = reinterpret_cast<uint16_t*>(values_out->typed_data());
+  const int64_t B = qd[0], T_ = qd[1], H = qd[2], D = qd[3], S = cd[1], Hkv = cd[2];
+  E* kc = reinterpret_cast<E*>(keys_out->untyped_data());
+  E* vc = reinterpret_cast<E*>(values_out->untyped_data());
   const int64_t cache_elems = B * S * Hkv * D, row = Hkv * D;
-  if ((void*)kc != keys.untyped_data()) std::memcpy(kc, keys.untyped_data(), cache_elems * 2);
-  if ((void*)vc != values.untyped_data()) std::memcpy(vc, values.untyped_data(), cache_elems * 2);
+  if ((void*)kc != keys.untyped_data()) std::memcpy(kc, keys.untyped_data(), cache_elems * sizeof(E));
+  if ((void*)vc != values.untyped_data()) std::memcpy(vc, values.untyped_data(), cache_elems * sizeof(E));
   const int32_t* sl = slots.typed_data();
-  const uint16_t* kn = reinterpret_cast<const uint16_t*>(k.untyped_data());
-  const uint16_t* vn = reinterpret_cast<const uint16_t*>(v.untyped_data());
+  const E* kn = reinterpret_cast<const E*>(k.untyped_data());
+  const E* vn = reinterpret_cast<const E*>(v.untyped_data());
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t slot = sl[b * T + t];
+    for (int64_t t = 0; t < T_; ++t) {
+      const int64_t slot = sl[b * T_ + t];
       if (slot < 0 || slot >= S) continue;  // past the cache: dropped, like kv_cache.scatter_rows
-      std::memcpy(kc + (b * S + slot) * row, kn + (b * T + t) * row, row * 2);
-      std::memcpy(vc + (b * S + slot) * row, vn + (b * T + t) * row, row * 2);
+      std::memcpy(kc + (b * S + slot) * row, kn + (b * T_ + t) * row, row * sizeof(E));
+      std::memcpy(vc + (b * S + slot) * row, vn + (b * T_ + t) * row, row * sizeof(E));
     }
-  auto w = std::make_shared<AttnWork>();
-  w->q = reinterpret_cast<const uint16_t*>(q.untyped_data());
+  auto w = std::make_shared<AttnWork<E>>();
+  w->q = reinterpret_cast<const E*>(q.untyped_data());
   w->keys = kc;
   w->values = vc;
   w->slots = sl;
   w->mask = mask.typed_data();
-  w->out = reinterpret_cast<uint16_t*>(out->typed_data());
-  w->b = B; w->t = T; w->h = H; w->hkv = Hkv; w->s = S; w->d = D;
-  const int64_t items = B * T * Hkv;
+  w->out = reinterpret_cast<E*>(out->untyped_data());
+  w->b = B; w->t = T_; w->h = H; w->hkv = Hkv; w->s = S; w->d = D;
+  const int64_t items = B * T_ * Hkv;
   int64_t helpers = 0;
-  if (B * T * H * S * D >= (int64_t(1) << 18)) {  // small work: one thread beats waking the pool
+  if (B * T_ * H * S * D >= (int64_t(1) << 18)) {  // small work: one thread beats waking the pool
     helpers = pool.num_threads() - 1;
     if (helpers > items - 1) helpers = items - 1;
   }
@@ -287,23 +323,30 @@ ffi::Error Attend(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> q, ffi::Buffer<ff
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(specdistill_cpu_attention_bf16, Attend,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Ret<ffi::Buffer<ffi::BF16>>()
-                                  .Ret<ffi::Buffer<ffi::BF16>>()
-                                  .Ret<ffi::Buffer<ffi::BF16>>());
+#define ATTENTION_HANDLER(NAME, T)                      \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, Attend<T>,        \
+                                ffi::Ffi::Bind()        \
+                                    .Ctx<ffi::ThreadPool>() \
+                                    .Arg<ffi::Buffer<T>>()  \
+                                    .Arg<ffi::Buffer<T>>()  \
+                                    .Arg<ffi::Buffer<T>>()  \
+                                    .Arg<ffi::Buffer<T>>()  \
+                                    .Arg<ffi::Buffer<T>>()  \
+                                    .Arg<ffi::Buffer<ffi::S32>>() \
+                                    .Arg<ffi::Buffer<ffi::PRED>>() \
+                                    .Ret<ffi::Buffer<T>>()  \
+                                    .Ret<ffi::Buffer<T>>()  \
+                                    .Ret<ffi::Buffer<T>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(specdistill_cpu_gemv_bf16, Gemv,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+#define GEMV_HANDLER(NAME, T)                          \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, Gemv<T>,         \
+                                ffi::Ffi::Bind()       \
+                                    .Ctx<ffi::ThreadPool>() \
+                                    .Arg<ffi::Buffer<T>>()  \
+                                    .Arg<ffi::Buffer<T>>()  \
+                                    .Ret<ffi::Buffer<ffi::F32>>());
+
+ATTENTION_HANDLER(specdistill_cpu_attention_bf16, ffi::DataType::BF16)
+ATTENTION_HANDLER(specdistill_cpu_attention_f32, ffi::DataType::F32)
+GEMV_HANDLER(specdistill_cpu_gemv_bf16, ffi::DataType::BF16)
+GEMV_HANDLER(specdistill_cpu_gemv_f32, ffi::DataType::F32)

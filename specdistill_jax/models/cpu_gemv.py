@@ -1,4 +1,4 @@
-"""The bf16 decode kernels for B=1 decoding on CPUs with AVX512-BF16 (cpu_gemv.cc).
+"""The decode kernels for B=1 decoding on CPUs with AVX512-BF16 (cpu_gemv.cc), in bf16 and fp32.
 
 Two kernels: the small-M matmul (`matmul`) and the cached attention of a few new tokens with the
 cache write fused in (`cached_attention`).
@@ -7,8 +7,8 @@ XLA:CPU runs a bf16 dot of a few token rows against a weight matrix at 0.3-0.5 o
 bandwidth on such a CPU (`python ../shared/bench/xla_cpu_dots.py`); decoding is such dots. This
 kernel reads each weight once, as one sequential stream per thread, from a packed copy (`pack`:
 4 rows interleaved in pieces of 32 elements), multiplies it with every token row (vdpbf16ps,
-fp32 accumulation, 4 x M independent sums) and splits the row blocks over XLA's own intra-op
-threads. `python experiments/bench_target.py` times the target's pass with it
+fp32 accumulation, 4 x M independent sums; fp32 weights: two FMAs per piece) and splits the row
+blocks over XLA's own intra-op threads. `python experiments/bench_target.py` times the target's pass with it
 (layout `kernel`) against XLA's dots (`fused`, `standard`) in one run.
 
 It is compiled on first use with the C++ compiler on PATH (`g++ -O3 -march=native` against
@@ -41,8 +41,8 @@ import jax
 import jax.numpy as jnp
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_gemv.cc")
-_TARGET = "specdistill_cpu_gemv_bf16"
-_ATTENTION_TARGET = "specdistill_cpu_attention_bf16"
+_TARGETS = {"bfloat16": "specdistill_cpu_gemv_bf16", "float32": "specdistill_cpu_gemv_f32"}
+_ATTENTION_TARGETS = {"bfloat16": "specdistill_cpu_attention_bf16", "float32": "specdistill_cpu_attention_f32"}
 MAX_ROWS = 16  # token rows the kernel takes (cpu_gemv.cc takes up to 32); more: XLA's dot is faster
 ROW_BLOCK = 4  # weight rows `pack` interleaves (kRowBlock in cpu_gemv.cc)
 MAX_ATTENTION_ROWS = 32  # new tokens per row; a prefill's attention is XLA's (batched dots win there)
@@ -89,7 +89,7 @@ def _load() -> str | None:
     return "this CPU has no avx512_bf16"
   try:
     lib = ctypes.cdll.LoadLibrary(_build(flags))
-    for name in (_TARGET, _ATTENTION_TARGET):
+    for name in (*_TARGETS.values(), *_ATTENTION_TARGETS.values()):
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
   except (OSError, RuntimeError, AttributeError) as e:
     return f"building the kernel failed: {e}"
@@ -128,39 +128,44 @@ def is_packed(w) -> bool:
   return w.ndim == 4
 
 
+def _kernel_dtype(*dtypes) -> str | None:
+  """'bfloat16' / 'float32' if every dtype is that one (the kernels' two element types), else None."""
+  names = {jnp.dtype(d).name for d in dtypes}
+  return names.pop() if len(names) == 1 and names <= set(_TARGETS) else None
+
+
 def applies(rows: int, x_dtype, w) -> bool:
-  """True if `matmul` runs a [rows, K] x packed w product of these dtypes (else use XLA's dot)."""
-  bf16 = jnp.dtype(jnp.bfloat16)
-  return (1 <= rows <= MAX_ROWS and is_packed(w) and jnp.dtype(x_dtype) == bf16 and jnp.dtype(w.dtype) == bf16
-          and available())
+  """True if `matmul` runs a [rows, K] x packed w product (bf16 or fp32, both the same) (else XLA's dot)."""
+  return 1 <= rows <= MAX_ROWS and is_packed(w) and _kernel_dtype(x_dtype, w.dtype) is not None and available()
 
 
 def matmul(x, w_packed):
-  """x [M, K] bf16 times the packed [N, K] weight (`pack`) transposed -> [M, N] fp32 (call
-  `applies` first)."""
+  """x [M, K] times the packed [N, K] weight (`pack`) transposed -> [M, N] fp32, both bf16 (products
+  exact in fp32) or both fp32 (call `applies` first)."""
   if not available():
     raise RuntimeError(f"cpu_gemv is unavailable: {unavailable_reason()}")
   out = jax.ShapeDtypeStruct((x.shape[0], w_packed.shape[0] * ROW_BLOCK), jnp.float32)
-  return jax.ffi.ffi_call(_TARGET, out, vmap_method="sequential")(x, w_packed)
+  return jax.ffi.ffi_call(_TARGETS[_kernel_dtype(x.dtype, w_packed.dtype)], out, vmap_method="sequential")(x, w_packed)
 
 
 def attention_applies(q, keys) -> bool:
-  """True if `cached_attention` runs q [B, T, H, D] against this cache (bf16, T <= MAX_ATTENTION_ROWS)."""
-  bf16 = jnp.dtype(jnp.bfloat16)
-  return (q.shape[1] <= MAX_ATTENTION_ROWS and jnp.dtype(q.dtype) == bf16 and jnp.dtype(keys.dtype) == bf16
-          and available())
+  """True if `cached_attention` runs q [B, T, H, D] against this cache (T <= MAX_ATTENTION_ROWS, a
+  bf16 or fp32 cache)."""
+  return q.shape[1] <= MAX_ATTENTION_ROWS and _kernel_dtype(keys.dtype) is not None and available()
 
 
 def cached_attention(q, k, v, keys, values, slots, mask):
   """Write k/v [B, T, Hkv, D] at slots [B, T] of keys/values [B, S, Hkv, D] (slots >= S dropped),
   then attend q [B, T, H, D] over the slots each query's mask [B, T, S] allows, up to the row's
-  last written slot. Returns (out [B, T, H, D] bf16, keys', values'); the cache buffers are
-  updated in place where XLA can donate them. Call `attention_applies` first."""
+  last written slot. Returns (out [B, T, H, D], keys', values'), in the cache's dtype (bf16 or fp32;
+  q, k, v are cast to it); the cache buffers are updated in place where XLA can donate them. Call
+  `attention_applies` first."""
   if not available():
     raise RuntimeError(f"cpu_gemv is unavailable: {unavailable_reason()}")
-  bf16 = jnp.bfloat16
-  outs = (jax.ShapeDtypeStruct(q.shape, bf16), jax.ShapeDtypeStruct(keys.shape, bf16),
-          jax.ShapeDtypeStruct(values.shape, bf16))
-  call = jax.ffi.ffi_call(_ATTENTION_TARGET, outs, vmap_method="sequential", input_output_aliases={3: 1, 4: 2})
-  return call(q.astype(bf16), k.astype(bf16), v.astype(bf16), keys, values, slots.astype(jnp.int32),
+  dt = keys.dtype
+  outs = (jax.ShapeDtypeStruct(q.shape, dt), jax.ShapeDtypeStruct(keys.shape, dt),
+          jax.ShapeDtypeStruct(values.shape, dt))
+  call = jax.ffi.ffi_call(_ATTENTION_TARGETS[_kernel_dtype(dt)], outs, vmap_method="sequential",
+                          input_output_aliases={3: 1, 4: 2})
+  return call(q.astype(dt), k.astype(dt), v.astype(dt), keys, values, slots.astype(jnp.int32),
               mask.astype(jnp.bool_))

@@ -86,9 +86,10 @@ def test_auto_is_the_kernel_then_fused_with_amx_then_standard(monkeypatch):
   monkeypatch.setattr(backend_layout, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))  # AMD EPYC
   assert not backend_layout.is_fused(backend_layout.for_decoding(bf16))
   assert backend_layout.resolve("fused", jnp.float32) == "fused"  # an explicit layout is kept
-  monkeypatch.setattr(cpu_gemv, "available", lambda: True)  # the bf16 kernel builds: it wins on either CPU
+  monkeypatch.setattr(cpu_gemv, "available", lambda: True)  # the kernels build: they win on either CPU
   assert backend_layout.resolve("auto", jnp.bfloat16) == "kernel"
-  assert backend_layout.resolve("auto", jnp.float32) == "standard"
+  assert backend_layout.resolve("auto", jnp.float32) == "kernel"
+  assert backend_layout.resolve("auto", jnp.float16) == "standard"  # no kernel for it, and no AMX here
 
 
 def test_kernel_layout_where_it_cannot_build_is_refused(monkeypatch):

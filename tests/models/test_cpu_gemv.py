@@ -33,11 +33,12 @@ def test_pack_round_trips_and_refuses_shapes_it_cannot_take():
   assert cpu_gemv.packable(w) and not cpu_gemv.packable(w[:7]) and not cpu_gemv.packable(w[:, :48])
 
 
-@pytest.mark.parametrize("n,k", [(68, 96), (4100, 576), (36, 1536)])
-def test_matmul_equals_the_exact_product_for_every_row_count(n, k):
+@pytest.mark.parametrize("n,k,dtype", [(68, 96, jnp.bfloat16), (4100, 576, jnp.bfloat16), (36, 1536, jnp.bfloat16),
+                                       (4100, 576, jnp.float32)])
+def test_matmul_equals_the_exact_product_for_every_row_count(n, k, dtype):
   rng = np.random.default_rng(n)
-  w = _bf16(rng, n, k)
-  x = _bf16(rng, cpu_gemv.MAX_ROWS, k)
+  w = _bf16(rng, n, k).astype(dtype)
+  x = _bf16(rng, cpu_gemv.MAX_ROWS, k).astype(dtype)
   xf, wf = np.asarray(x, np.float64), np.asarray(w, np.float64)
   w = cpu_gemv.pack(w)
   full = np.asarray(jax.jit(cpu_gemv.matmul)(x, w))
@@ -121,16 +122,18 @@ def _attention_reference(q, keys, values, mask):
   return np.einsum("bhts,bshd->bthd", p, vv)
 
 
-@pytest.mark.parametrize("t,size,tree", [(1, 40, False), (3, 40, True), (8, 512, False)])
-def test_cached_attention_writes_the_cache_and_attends_over_what_each_query_may_see(t, size, tree):
+@pytest.mark.parametrize("t,size,tree,dtype", [(1, 40, False, jnp.bfloat16), (3, 40, True, jnp.bfloat16),
+                                              (8, 512, False, jnp.bfloat16), (3, 40, True, jnp.float32)])
+def test_cached_attention_writes_the_cache_and_attends_over_what_each_query_may_see(t, size, tree, dtype):
   """Ragged rows (one near the end of the cache, its last slots dropped), a causal or a random
   tree mask; the 512-slot case runs on the pool threads. Each query equals the fp64 attention
-  up to the bf16 rounding of its output, and equals the same query run alone bitwise."""
+  up to the rounding of its output (bf16, or fp32), and equals the same query run alone bitwise."""
   from specdistill_jax.models import kv_cache as kvc
   rng = np.random.default_rng(t)
   b, h, hkv, d = 2, 9, 3, 64
-  q, k, v = _bf16(rng, b, t, h, d), _bf16(rng, b, t, hkv, d), _bf16(rng, b, t, hkv, d)
-  keys, values = _bf16(rng, b, size, hkv, d), _bf16(rng, b, size, hkv, d)
+  arrays = (_bf16(rng, *shape).astype(dtype) for shape in ((b, t, h, d), (b, t, hkv, d), (b, t, hkv, d),
+                                                           (b, size, hkv, d), (b, size, hkv, d)))
+  q, k, v, keys, values = arrays
   slots = kvc.write_positions(jnp.asarray([5, size - 2]), t)
   mask = np.array(kvc.cached_attention_mask(slots, size))
   if tree:  # a query sees a random subset of the earlier slots, and always itself
@@ -141,7 +144,9 @@ def test_cached_attention_writes_the_cache_and_attends_over_what_each_query_may_
   np.testing.assert_array_equal(np.asarray(values2), np.asarray(kvc.scatter_rows(values, v, slots)))
   exact = _attention_reference(q, keys2, values2, mask)
   err = np.abs(np.asarray(out, np.float64) - exact)
-  assert np.all(err <= 2.0 ** -8 * np.abs(exact) + 64 * EPS32 * np.abs(np.asarray(values2, np.float64)).max())
+  rounding = 2.0 ** -8 if dtype == jnp.bfloat16 else EPS32
+  assert out.dtype == dtype
+  assert np.all(err <= rounding * np.abs(exact) + 64 * EPS32 * np.abs(np.asarray(values2, np.float64)).max())
   one, _, _ = jax.jit(cpu_gemv.cached_attention)(q[:, -1:], k[:, -1:], v[:, -1:], keys2, values2,
                                                   slots[:, -1:], jnp.asarray(mask[:, -1:]))
   np.testing.assert_array_equal(np.asarray(one), np.asarray(out[:, -1:]))
