@@ -8,9 +8,10 @@ Two layouts hold the same values (a third, `kernel`, is `fused` with its bf16 do
 * `fused`: one q/k/v matrix [(H + 2 Hkv) head_dim, in], o as [D, H head_dim], one
   gate/up matrix [2 F, D], down as [D, F], the head as [V, D]: one dot per group with the
   weights as the left operand (`layers.mm_left`).
-* `kernel`: the fused weights packed for `models/cpu_gemv.py` (4 rows interleaved in pieces of
-  32: `layers.set_packed`), which runs their bf16 dots of up to 8 token rows and the cached
-  attention of up to 32 new tokens (AVX512-BF16, built on first use) instead of XLA's ops.
+* `kernel`: the fused weights plus a packed copy of each (4 rows interleaved in pieces of 32:
+  `layers.set_packed`; the layout holds the weights twice) from which `models/cpu_gemv.py` runs
+  their bf16 or fp32 dots of up to 16 token rows, and its cached attention of up to 32 new
+  tokens (AVX512-BF16, built on first use), instead of XLA's ops; a prefill's longer dots stay XLA's.
 
 Which one is faster depends on the CPU's matrix unit, so `auto` decides per machine and dtype
 (`python experiments/bench_target.py` times both layouts in one run; its 1-token bf16 pass):
@@ -101,7 +102,7 @@ def _with_layout(model, layout: str):
       layers.set_packed(node, False)
     node.set_fused(layout != "standard")  # each module converts its own weights (layers, heads, fc)
     if kernel:
-      layers.set_packed(node, True)  # cpu_gemv reads its weights packed
+      layers.set_packed(node, True)  # cpu_gemv reads packed copies
     node.cpu_gemv = kernel  # static: read by layers.mm_left's callers at trace time
   return model
 

@@ -28,7 +28,6 @@ import numpy as np
 from flax import nnx
 
 from specdistill_jax.models import hf
-from specdistill_jax.models import layers
 from specdistill_jax.models import speculators_format as fmt
 from specdistill_jax.models.block_draft import BlockDraft
 from specdistill_jax.models.draft_vocab import target_head
@@ -71,8 +70,7 @@ def save_dflash(draft: BlockDraft, path: str, verifier: Optional[str] = None) ->
   target = _verifier(verifier, "save_hf")
   if target is not None:
     ours = [np.asarray(draft.frozen_embed[...], np.float32), np.asarray(draft.frozen_lm_head[...], np.float32)]
-    theirs = [np.asarray(layers.unpacked(target.embed[...]), np.float32),
-              np.asarray(target_head(target, draft.draft_ids), np.float32)]
+    theirs = [np.asarray(target.embed[...], np.float32), np.asarray(target_head(target, draft.draft_ids), np.float32)]
     if any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(ours, theirs)):
       raise ValueError(f"the block draft's embedding / head are not those of the verifier {verifier!r}, and "
                        "the dflash format takes them from the verifier: build the draft with "
@@ -122,7 +120,7 @@ def load_dflash(path: str, dtype=jnp.float32, param_dtype=None) -> BlockDraft:
   pure = hf.read_tensors(path, _specs(config, len(feature_layers), None if draft_ids is None else len(draft_ids)),
                          pname)
   cast = lambda w: jnp.asarray(np.asarray(w, np.float32)).astype(config.jnp_param_dtype)  # noqa: E731
-  pure["frozen_embed"] = cast(layers.unpacked(target.embed[...]))
+  pure["frozen_embed"] = cast(target.embed[...])
   if draft_ids is None:
     pure["frozen_lm_head"] = cast(target_head(target))
   nnx.replace_by_pure_dict(abstract, pure)

@@ -59,8 +59,7 @@ def check_draft_ids(draft_ids, vocab_size: int) -> Optional[tuple]:
 
 def target_head(target, draft_ids=None):
   """The target's output head [D, V] (or its draft-vocabulary columns [D, Vd])."""
-  tied = target.config.tie_embeddings
-  head = layers.unpacked(target.embed[...]).T if tied else layers.weight(target, "lm_head")
+  head = target.embed[...].T if target.config.tie_embeddings else layers.weight(target, "lm_head")
   if draft_ids is not None:
     head = jnp.take(head, jnp.asarray(np.asarray(draft_ids, np.int32)), axis=1)
   return head
@@ -72,7 +71,7 @@ def start_from_target(draft, target, target_config, head: Optional[str] = "lm_he
   if target.config.vocab_size != target_config.vocab_size or target.config.d_model != target_config.d_model:
     raise ValueError("target does not match target_config (vocab_size / d_model)")
   dtype = draft.config.jnp_param_dtype
-  draft.frozen_embed.value = jnp.array(layers.unpacked(target.embed[...]), dtype, copy=True)
+  draft.frozen_embed.value = jnp.array(target.embed[...], dtype, copy=True)
   if head is not None:
     getattr(draft, head).value = jnp.array(target_head(target, draft.draft_ids), dtype, copy=True)
     draft.final_norm.weight.value = jnp.array(target.final_norm.weight[...], dtype, copy=True)

@@ -105,24 +105,23 @@ def mm(spec: str, x, w, dtype, out_dtype=None):
   return _LOW_PRECISION[key](x, w)
 
 
-def mm_left(x, w_t, dtype, out_dtype=None, kernel: bool = False):
+def mm_left(x, w_t, dtype, out_dtype=None, packed=None):
   """x [..., in] @ w_t[out, in]^T -> [..., out], run with the weights as the left operand.
 
   The fused decode layout's matmul (models/backend_layout.py): on a CPU with AMX, XLA:CPU
   runs bf16 small-M dots much faster as W[out, in] . x^T than as x . W (on one without AMX
   it is the other way round; `python experiments/bench_target.py` times both layouts). One
-  row runs as two (the matrix-vector dot is ~10x slower), as in `mm`. kernel=True (the
-  `kernel` layout): bf16 products of up to cpu_gemv.MAX_ROWS rows run in models/cpu_gemv.py,
-  with w_t packed (`set_packed`); XLA's dot reads it unpacked.
+  row runs as two (the matrix-vector dot is ~10x slower), as in `mm`. packed: w_t packed for
+  models/cpu_gemv.py (the `kernel` layout's copy, `kernel_weight`): products of up to
+  cpu_gemv.MAX_ROWS rows run in its kernel; longer ones (a prefill) are XLA's dot of w_t.
   """
   lead = x.shape[:-1]
   x2 = x.reshape(-1, x.shape[-1]).astype(dtype)
   rows = x2.shape[0]
-  w_t = w_t.astype(dtype)
-  if kernel and cpu_gemv.applies(rows, x2.dtype, w_t):
-    out = cpu_gemv.matmul(x2, w_t).astype(out_dtype or dtype)
+  if packed is not None and cpu_gemv.applies(rows, x2.dtype, packed.astype(dtype)):
+    out = cpu_gemv.matmul(x2, packed.astype(dtype)).astype(out_dtype or dtype)
     return out.reshape(lead + (out.shape[-1],))
-  w_t = unpacked(w_t)  # a prefill (more rows than the kernel takes) reads the packed weight too
+  w_t = w_t.astype(dtype)
   if rows == 1:
     x2 = jnp.concatenate([x2, x2], axis=0)
   out = jax.lax.dot_general(w_t, x2, (((1,), (1,)), ((), ())),
@@ -131,15 +130,23 @@ def mm_left(x, w_t, dtype, out_dtype=None, kernel: bool = False):
 
 
 def uses_kernel(module) -> bool:
-  """True if backend_layout put `module` in the `kernel` layout (its mm_left calls pass kernel=)."""
+  """True if backend_layout put `module` in the `kernel` layout (its attention and packed weights
+  run in models/cpu_gemv.py)."""
   return getattr(module, "cpu_gemv", False) is True
+
+
+def kernel_weight(module, name: str):
+  """The `kernel` layout's packed copy of the module's weight `name` (`set_packed`), or None."""
+  if not uses_kernel(module) or not hasattr(module, f"{name}_p"):
+    return None
+  return getattr(module, f"{name}_p")[...]
 
 
 def dense(module, name: str, x, dtype, out_dtype=None):
   """x [..., in] times the module's weight `name` ([in, out]), or `name`_t ([out, in]) once the
   fused decode layout transposed it (`set_transposed`)."""
   if hasattr(module, f"{name}_t"):
-    return mm_left(x, getattr(module, f"{name}_t")[...], dtype, out_dtype, uses_kernel(module))
+    return mm_left(x, getattr(module, f"{name}_t")[...], dtype, out_dtype, kernel_weight(module, name))
   w = getattr(module, name)[...]
   if x.ndim == 3:  # [B, T, in]: the training path, batch axis (and its sharding) kept
     return mm("btd,df->btf", x, w, dtype, out_dtype)
@@ -150,39 +157,26 @@ def dense(module, name: str, x, dtype, out_dtype=None):
 def weight(module, name: str):
   """The module's weight `name` as [in, out], whichever layout holds it (`name` or `name`_t)."""
   if hasattr(module, f"{name}_t"):
-    return unpacked(getattr(module, f"{name}_t")[...]).T
+    return getattr(module, f"{name}_t")[...].T
   return getattr(module, name)[...]
 
 
-def unpacked(w):
-  """A weight as its plain 2-D matrix, whether or not `set_packed` packed it for cpu_gemv."""
-  return cpu_gemv.unpack(w) if cpu_gemv.is_packed(w) else w
-
-
-def take_rows(w, ids, axis: int = 0):
-  """jnp.take(w, ids, axis=0) of a [N, D] table that may be packed (only rows ids are read)."""
-  if not cpu_gemv.is_packed(w):
-    return jnp.take(w, ids, axis=axis)
-  r = cpu_gemv.ROW_BLOCK
-  rows = w[ids // r, :, ids % r, :]  # [*ids.shape, D / 32, 32]
-  return rows.reshape(ids.shape + (-1,))
-
-
 def set_packed(module, packed: bool) -> None:
-  """Pack the module's [out, in] weights (`name`_t, and a tied embedding the head reads) for
-  cpu_gemv.matmul (the `kernel` layout), or unpack them; the same values either way. A weight
-  whose shape the kernel cannot take stays as it is (XLA's dot computes with it)."""
-  names = [n for n, v in vars(module).items() if n.endswith("_t") and isinstance(v, nnx.Param)]
+  """Add (or drop) the `kernel` layout's packed copies `name`_p of the module's [out, in] weights
+  (`name`_t, and a tied embedding the head reads), which models/cpu_gemv.py reads as one stream;
+  the [out, in] weights stay for XLA's longer dots (a prefill), so the layout holds the weights
+  twice. A weight whose shape the kernel cannot take gets no copy (XLA's dot computes with it)."""
+  if not packed:
+    for name in [n for n in vars(module) if n.endswith("_p")]:
+      delattr(module, name)
+    return
+  names = [n[:-2] for n, v in vars(module).items() if n.endswith("_t") and isinstance(v, nnx.Param)]
   if getattr(module, "head_is_embedding", False):
     names.append("embed")
   for name in names:
-    w = getattr(module, name)
-    value = w[...]
-    if packed and not cpu_gemv.is_packed(value) and cpu_gemv.packable(value):
-      setattr(module, name, nnx.Param(cpu_gemv.pack(value), logical_axes=None,
-                                      unpacked_axes=w.get_metadata().get("logical_axes")))
-    elif not packed and cpu_gemv.is_packed(value):
-      setattr(module, name, nnx.Param(cpu_gemv.unpack(value), logical_axes=w.get_metadata().get("unpacked_axes")))
+    value = getattr(module, name if name == "embed" else f"{name}_t")[...]
+    if cpu_gemv.packable(value):
+      setattr(module, f"{name}_p", nnx.Param(cpu_gemv.pack(value)))
 
 
 def set_transposed(module, name: str, fused: bool) -> None:
@@ -278,7 +272,7 @@ class Attention(nnx.Module):
     c, dt = self.config, self.config.jnp_dtype
     sizes = {"q": c.num_heads, "k": c.num_kv_heads, "v": c.num_kv_heads}
     if self.fused:
-      qkv = mm_left(x, self.qkv_t[...], dt, kernel=uses_kernel(self))
+      qkv = mm_left(x, self.qkv_t[...], dt, packed=kernel_weight(self, "qkv"))
       starts = {"q": 0, "k": c.num_heads, "v": c.num_heads + c.num_kv_heads}
       out = [qkv[..., starts[n] * c.head_dim:(starts[n] + sizes[n]) * c.head_dim]
              .reshape(x.shape[:-1] + (sizes[n], c.head_dim)) for n in names]
@@ -296,7 +290,7 @@ class Attention(nnx.Module):
   def _output(self, out):
     if self.fused:
       return mm_left(out.reshape(out.shape[:-2] + (-1,)), self.o_t[...], self.config.jnp_dtype,
-                     kernel=uses_kernel(self))
+                     packed=kernel_weight(self, "o"))
     return mm("bthk,hkd->btd", out, self.o[...], self.config.jnp_dtype)
 
   def set_fused(self, fused: bool) -> None:
@@ -375,9 +369,9 @@ class MLP(nnx.Module):
   def __call__(self, x):
     dt = self.dtype
     if self.fused:
-      gu = mm_left(x, self.gate_up_t[...], dt, kernel=uses_kernel(self))
+      gu = mm_left(x, self.gate_up_t[...], dt, packed=kernel_weight(self, "gate_up"))
       f = gu.shape[-1] // 2
-      return mm_left(jax.nn.silu(gu[..., :f]) * gu[..., f:], self.down_t[...], dt, kernel=uses_kernel(self))
+      return mm_left(jax.nn.silu(gu[..., :f]) * gu[..., f:], self.down_t[...], dt, packed=kernel_weight(self, "down"))
     h = jax.nn.silu(mm("btd,df->btf", x, self.gate[...], dt)) * mm("btd,df->btf", x, self.up[...], dt)
     return mm("btf,fd->btd", h, self.down[...], dt)
 

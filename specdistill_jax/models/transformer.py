@@ -29,8 +29,7 @@ from flax import nnx
 
 from specdistill_jax.models import kv_cache as kvc
 from specdistill_jax.models.config import ModelConfig
-from specdistill_jax.models.layers import (Block, RMSNorm, mm, mm_left, param, set_transposed, take_rows,
-                                          uses_kernel)
+from specdistill_jax.models.layers import Block, RMSNorm, kernel_weight, mm, mm_left, param, set_transposed
 
 
 class Transformer(nnx.Module):
@@ -49,7 +48,7 @@ class Transformer(nnx.Module):
 
   def embed_tokens(self, tokens):
     """Token ids [B, T] -> input embeddings [B, T, D] in the compute dtype."""
-    return take_rows(self.embed[...], tokens).astype(self.config.jnp_dtype)
+    return jnp.take(self.embed[...], tokens, axis=0).astype(self.config.jnp_dtype)
 
   def project(self, h, vocab_ids=None):
     """Final hidden states [..., D] (after the final norm) -> fp32 logits [..., V].
@@ -62,9 +61,11 @@ class Transformer(nnx.Module):
     h2 = h.reshape(-1, h.shape[-1])
     ids = None if vocab_ids is None else jnp.asarray(np.asarray(vocab_ids, np.int32))
     if self.fused:  # the fused decode layout (models/backend_layout.py): head rows [V, D] on the left
-      table = self.embed if self.config.tie_embeddings else self.lm_head_t
-      table = table[...] if ids is None else take_rows(table[...], ids)
-      logits = mm_left(h2, table, dt, jnp.float32, uses_kernel(self))
+      tied = self.config.tie_embeddings
+      table = self.embed if tied else self.lm_head_t
+      table = table[...] if ids is None else jnp.take(table[...], ids, axis=0)
+      packed = kernel_weight(self, "embed" if tied else "lm_head") if ids is None else None
+      logits = mm_left(h2, table, dt, jnp.float32, packed)
     elif self.config.tie_embeddings:
       table = self.embed[...] if ids is None else jnp.take(self.embed[...], ids, axis=0)
       logits = mm("td,vd->tv", h2, table, dt, jnp.float32)

@@ -94,16 +94,17 @@ def test_kernel_layout_packs_the_weights_and_converts_back_exactly(vocab, tied):
   target = models.create(models.preset("tiny", vocab, dtype="bfloat16", tie_embeddings=tied), seed=3)
   kernel = backend_layout.for_decoding(target, "kernel")
   flat = dict(nnx.traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(kernel))))
-  for name in ("qkv_t", "o_t"):
-    assert flat[("layers", 0, "attn", name)].ndim == 4  # the kernel reads these packed
-  head = flat[("embed",)] if tied else flat[("lm_head_t",)]
-  assert head.ndim == (4 if vocab % cpu_gemv.ROW_BLOCK == 0 else 2)  # 97 rows: XLA's dot, unpacked
+  for name in ("qkv", "o"):  # the kernel reads the packed copy, XLA's longer dots the [out, in] weight
+    packed, plain = flat[("layers", 0, "attn", f"{name}_p")], flat[("layers", 0, "attn", f"{name}_t")]
+    np.testing.assert_array_equal(np.asarray(cpu_gemv.unpack(packed), np.float32), np.asarray(plain, np.float32))
+  head = ("embed_p",) if tied else ("lm_head_p",)
+  assert (head in flat) == (vocab % cpu_gemv.ROW_BLOCK == 0)  # 97 rows: no copy, XLA's dot
   back = nnx.traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(backend_layout.standard(kernel))))
   ref = nnx.traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(target)))
   assert sorted(back) == sorted(ref)
   for key in ref:
     np.testing.assert_array_equal(np.asarray(back[key], np.float32), np.asarray(ref[key], np.float32))
-  # a prefill (XLA's dots and the embedding lookup read the packed weights) equals the fused layout's
+  # a prefill (more rows than the kernel takes) is XLA's, as in the fused layout
   tokens = jnp.asarray(np.random.default_rng(1).integers(1, vocab, (2, 20)), jnp.int32)
   fused = backend_layout.for_decoding(target, "fused")
   np.testing.assert_array_equal(np.asarray(kernel(tokens), np.float32), np.asarray(fused(tokens), np.float32))
