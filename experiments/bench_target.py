@@ -47,8 +47,10 @@ def read_bandwidth(megabytes: int = 256) -> float:
 
 
 def param_bytes(model) -> int:
+  """Bytes of the model's parameters, each once (the standard layout: the `kernel` layout's packed
+  copies hold the same values, and a pass reads one of the two)."""
   from flax import nnx
-  return sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  return sum(x.nbytes for x in jax.tree.leaves(nnx.state(backend_layout.standard(model), nnx.Param)))
 
 
 def main(argv=None):
