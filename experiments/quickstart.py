@@ -11,8 +11,8 @@
    (speculators eagle3) under WORKDIR/draft;
 4. benchmarks it with `specdistill_jax.bench`'s protocol on MT-Bench turn 1 (--num_prompts,
    round-robin over the 8 categories): B=1, greedy and temperature 1, plain and speculative
-   decoding (chains of --gammas; by the head, by prompt lookup and by both routed per round:
-   --drafters) of each prompt back to back; prints tokens/s of both, the
+   decoding (chains of --gammas, drafted by the head and by prompt lookup; --drafters
+   draft,lookup,draft+lookup adds both routed per round) of each prompt back to back; prints tokens/s of both, the
    speedup with its 95% CI, alpha, tau, per-position acceptance, the measured draft cost c
    and verification cost v, the cost model's prediction tau / (gamma c + v), and on how many
    prompts greedy SD ids differ from AR ids.
@@ -43,8 +43,9 @@ def main(argv=None) -> str:
   p.add_argument("--scale", default="quick", choices=("quick", "cpu", "micro"),
                  help="configs/eagle3.py preset of the head (micro: its 'smoke' preset)")
   p.add_argument("--gammas", default="1,2", help="chain lengths benchmarked")
-  p.add_argument("--drafters", default="draft,lookup,draft+lookup",
-                 help="the head (draft), prompt lookup (lookup) and both routed per round (draft+lookup)")
+  p.add_argument("--drafters", default="draft,lookup",
+                 help="the head (draft), prompt lookup (lookup), both routed per round (draft+lookup); "
+                      "each adds a decoding program to compile per prompt-length bucket")
   p.add_argument("--num_prompts", type=int, default=16, help="MT-Bench prompts (round-robin over categories)")
   p.add_argument("--max_new_tokens", type=int, default=64)
   p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))

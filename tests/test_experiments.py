@@ -86,9 +86,12 @@ def test_main_job_runs_on_the_real_target(real_target, small_data, tmp_path):
                           "--target_dir", real_target])
   text = open(path).read()
   assert "| chain gamma=1 | 0 |" in text and "| chain gamma=1 | 1 |" in text
-  assert "predicted speedup = tau / (gamma c + v)" in text and "an EAGLE-3 head" in text
-  assert "MT-Bench turn 1 (2 prompts, --limit 2)" in text and "--scale micro --gammas 1 --num_prompts 2" in text
-  assert "Greedy speculative ids differ from greedy plain ids on 0/2 (chain gamma=1) prompts" in text  # fp32
+  assert "| prompt lookup, chain gamma=1 | 0 |" in text  # the zero-cost baseline beside the head
+  assert "predicted speedup = tau / (r(gamma) + v(gamma + 1))" in text and "an EAGLE-3 head" in text
+  assert "MT-Bench turn 1 (2 prompts, --limit 2)" in text
+  assert "--scale micro --gammas 1 --drafters draft,lookup --num_prompts 2" in text
+  assert ("Greedy speculative ids differ from greedy plain ids on 0/2 (chain gamma=1), "
+          "0/2 (prompt lookup, chain gamma=1) prompts") in text  # fp32
   # the head is saved with save_hf (speculators eagle3) where the README says
   import json
   with open(os.path.join(tmp_path, "draft", "config.json")) as fh:

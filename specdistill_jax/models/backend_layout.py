@@ -17,13 +17,13 @@ Which one is faster depends on the CPU's matrix unit, so `auto` decides per mach
 (`python experiments/bench_target.py` times both layouts in one run; its 1-token bf16 pass):
 
 * Intel Xeon with AMX (amx_bf16), bf16: standard 40.7 ms, fused 24.1 ms (fp32: 33.8 / 39.9);
-* AMD EPYC without AMX (avx512_bf16), bf16: standard 32.7 ms, fused 34.5 ms, kernel 12.8 ms
-  (fp32: standard 26.3 / fused 29.6; experiments/results/target_benchmark.md, one run).
+* AMD EPYC without AMX (avx512_bf16), bf16: standard 25.7 ms, fused 33.1 ms, kernel 12.6 ms
+  (fp32: standard 25.6 / fused 28.5 / kernel 19.6; experiments/results/target_benchmark.md, one run).
 
-`auto` is therefore `kernel` for a bf16 (or narrower) model on a CPU where the kernel
-builds (avx512_bf16 and a C++ compiler), else `fused` for such a model on a CPU with AMX, and
-`standard` everywhere else, GPU/TPU and fp32 included: a fixed rule (never a timing taken at load), so the same
-machine always decodes with the same layout and the same rounding.
+`auto` is therefore `kernel` for a bf16 or fp32 model on a CPU where the kernels build
+(avx512_bf16 and a C++ compiler), else `fused` for a bf16 (or narrower) model on a CPU with AMX,
+and `standard` everywhere else, GPU/TPU included: a fixed rule (never a timing taken at load), so
+the same machine always decodes with the same layout and the same rounding.
 
 `for_decoding(model)` returns the model in the layout `auto` picks for it (or the one asked
 for); `standard(model)` converts back. Both return a new model object sharing nothing mutable

@@ -131,7 +131,7 @@ def propose_chain(ctx: RoundContext, s, key) -> ChainProposal:
   if ctx.num_drafts == 1:
     choice, scores = jnp.zeros((b,), jnp.int32), s.prev_scores
   else:
-    scores = jnp.stack([ctx.score_fn(p.logits, p.tokens) for p in props], axis=1)
+    scores = jnp.stack([ctx.score_fn(p.logits, p.tokens, p.lengths) for p in props], axis=1)
     choice = jnp.argmax(scores if ctx.route_on_current else s.prev_scores, axis=1).astype(jnp.int32)
   lengths = None
   if any(p.lengths is not None for p in props):  # a drafter that may propose fewer than gamma
