@@ -9,8 +9,8 @@ For one prompt set and one temperature (`decode_set`):
   prompt that opens a new bucket takes ~1 min longer (one compile per method);
 * per prompt, `repeats` times: plain decoding (`sampling.generate_batch`) then every SD
   method (`sampling.speculative_generate`, a chain of gamma drafts or a `TreeSpec`, by the
-  run's draft, prompt lookup, or both routed / merged: `Method.drafter`), back to back, so machine noise hits all of them alike; a prompt's time is the median over
-  repeats (its tokens and acceptance are the same in every repeat: the seed is the prompt's
+  run's draft, prompt lookup, or both routed / merged: `Method.drafter`), back to back, so
+  machine noise hits all of them alike; a prompt's time is the median over repeats (its tokens and acceptance are the same in every repeat: the seed is the prompt's
   index);
 * `max_new_tokens` new tokens at most, stopping at the target's eos.
 

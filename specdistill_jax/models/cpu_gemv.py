@@ -8,8 +8,8 @@ bandwidth on such a CPU (`python ../shared/bench/xla_cpu_dots.py`); decoding is 
 kernel reads each weight once, as one sequential stream per thread, from a packed copy (`pack`:
 4 rows interleaved in pieces of 32 elements), multiplies it with every token row (vdpbf16ps,
 fp32 accumulation, 4 x M independent sums; fp32 weights: two FMAs per piece) and splits the row
-blocks over XLA's own intra-op threads. `python experiments/bench_target.py` times the target's pass with it
-(layout `kernel`) against XLA's dots (`fused`, `standard`) in one run.
+blocks over XLA's own intra-op threads. `python experiments/bench_target.py` times the target's
+pass with it (layout `kernel`) against XLA's dots (`fused`, `standard`) in one run.
 
 It is compiled on first use with the C++ compiler on PATH (`g++ -O3 -march=native` against
 jaxlib's XLA FFI headers, ~3 s) into ~/.cache/specdistill_jax (or $SPECDISTILL_KERNEL_CACHE),
@@ -145,7 +145,8 @@ def matmul(x, w_packed):
   if not available():
     raise RuntimeError(f"cpu_gemv is unavailable: {unavailable_reason()}")
   out = jax.ShapeDtypeStruct((x.shape[0], w_packed.shape[0] * ROW_BLOCK), jnp.float32)
-  return jax.ffi.ffi_call(_TARGETS[_kernel_dtype(x.dtype, w_packed.dtype)], out, vmap_method="sequential")(x, w_packed)
+  target = _TARGETS[_kernel_dtype(x.dtype, w_packed.dtype)]
+  return jax.ffi.ffi_call(target, out, vmap_method="sequential")(x, w_packed)
 
 
 def attention_applies(q, keys) -> bool:

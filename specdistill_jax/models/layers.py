@@ -118,8 +118,9 @@ def mm_left(x, w_t, dtype, out_dtype=None, packed=None):
   lead = x.shape[:-1]
   x2 = x.reshape(-1, x.shape[-1]).astype(dtype)
   rows = x2.shape[0]
-  if packed is not None and cpu_gemv.applies(rows, x2.dtype, packed.astype(dtype)):
-    out = cpu_gemv.matmul(x2, packed.astype(dtype)).astype(out_dtype or dtype)
+  packed = None if packed is None else packed.astype(dtype)
+  if packed is not None and cpu_gemv.applies(rows, x2.dtype, packed):
+    out = cpu_gemv.matmul(x2, packed).astype(out_dtype or dtype)
     return out.reshape(lead + (out.shape[-1],))
   w_t = w_t.astype(dtype)
   if rows == 1:
