@@ -321,6 +321,24 @@ ffi::Error Attend(ffi::ThreadPool pool, ffi::Buffer<T> q, ffi::Buffer<T> k, ffi:
   return ffi::Error::Success();
 }
 
+// out[i, :] = table[clamp(ids[i]), :] for a bf16 table [V, D]: the token embedding's gather.
+// XLA:CPU runs a bf16 gather in fp32 and converts the whole table for it (113 MB for a 49k x 576
+// embedding), once per decode call; this copies the D * 2 bytes of each row.
+ffi::Error Rows(ffi::Buffer<ffi::BF16> table, ffi::Buffer<ffi::S32> ids, ffi::ResultBuffer<ffi::BF16> out) {
+  const auto td = table.dimensions();
+  if (td.size() != 2 || ids.dimensions().size() != 1 || td[0] < 1)
+    return ffi::Error::InvalidArgument("cpu_gemv rows: expects table [V, D] and ids [N]");
+  const int64_t v = td[0], d = td[1], n = ids.dimensions()[0];
+  const auto* src = reinterpret_cast<const uint16_t*>(table.untyped_data());
+  auto* dst = reinterpret_cast<uint16_t*>(out->untyped_data());
+  const int32_t* id = ids.typed_data();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = std::min<int64_t>(std::max<int64_t>(id[i], 0), v - 1);
+    std::memcpy(dst + i * d, src + r * d, d * sizeof(uint16_t));
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 #define ATTENTION_HANDLER(NAME, T)                      \
@@ -350,3 +368,9 @@ ATTENTION_HANDLER(specdistill_cpu_attention_bf16, ffi::DataType::BF16)
 ATTENTION_HANDLER(specdistill_cpu_attention_f32, ffi::DataType::F32)
 GEMV_HANDLER(specdistill_cpu_gemv_bf16, ffi::DataType::BF16)
 GEMV_HANDLER(specdistill_cpu_gemv_f32, ffi::DataType::F32)
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(specdistill_cpu_rows_bf16, Rows,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::BF16>>());

@@ -1,7 +1,8 @@
 """The decode kernels for B=1 decoding on CPUs with AVX512-BF16 (cpu_gemv.cc), in bf16 and fp32.
 
-Two kernels: the small-M matmul (`matmul`) and the cached attention of a few new tokens with the
-cache write fused in (`cached_attention`).
+Three kernels: the small-M matmul (`matmul`), the cached attention of a few new tokens with the
+cache write fused in (`cached_attention`), and the embedding's row gather of a bf16 table (`rows`:
+XLA:CPU runs a bf16 gather in fp32 and converts the whole table for it, once per decode call).
 
 XLA:CPU runs a bf16 dot of a few token rows against a weight matrix at 0.3-0.5 of the memory
 bandwidth on such a CPU (`python ../shared/bench/xla_cpu_dots.py`); decoding is such dots. This
@@ -43,6 +44,7 @@ import jax.numpy as jnp
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_gemv.cc")
 _TARGETS = {"bfloat16": "specdistill_cpu_gemv_bf16", "float32": "specdistill_cpu_gemv_f32"}
 _ATTENTION_TARGETS = {"bfloat16": "specdistill_cpu_attention_bf16", "float32": "specdistill_cpu_attention_f32"}
+_ROWS_TARGET = "specdistill_cpu_rows_bf16"
 MAX_ROWS = 16  # token rows the kernel takes (cpu_gemv.cc takes up to 32); more: XLA's dot is faster
 ROW_BLOCK = 4  # weight rows `pack` interleaves (kRowBlock in cpu_gemv.cc)
 MAX_ATTENTION_ROWS = 32  # new tokens per row; a prefill's attention is XLA's (batched dots win there)
@@ -89,7 +91,7 @@ def _load() -> str | None:
     return "this CPU has no avx512_bf16"
   try:
     lib = ctypes.cdll.LoadLibrary(_build(flags))
-    for name in (*_TARGETS.values(), *_ATTENTION_TARGETS.values()):
+    for name in (*_TARGETS.values(), *_ATTENTION_TARGETS.values(), _ROWS_TARGET):
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
   except (OSError, RuntimeError, AttributeError) as e:
     return f"building the kernel failed: {e}"
@@ -170,3 +172,18 @@ def cached_attention(q, k, v, keys, values, slots, mask):
                           input_output_aliases={3: 1, 4: 2})
   return call(q.astype(dt), k.astype(dt), v.astype(dt), keys, values, slots.astype(jnp.int32),
               mask.astype(jnp.bool_))
+
+
+def rows_applies(table) -> bool:
+  """True if `rows` gathers from this table (a bf16 [V, D] table)."""
+  return table.ndim == 2 and table.dtype == jnp.bfloat16 and available()
+
+
+def rows(table, ids):
+  """table [V, D] (bf16) rows at ids [...] (int; clamped to [0, V)) -> [..., D], copied without
+  converting the table (call `rows_applies` first)."""
+  if not available():
+    raise RuntimeError(f"cpu_gemv is unavailable: {unavailable_reason()}")
+  flat = ids.reshape(-1).astype(jnp.int32)
+  out = jax.ShapeDtypeStruct((flat.shape[0], table.shape[1]), table.dtype)
+  return jax.ffi.ffi_call(_ROWS_TARGET, out, vmap_method="sequential")(table, flat).reshape(*ids.shape, -1)

@@ -107,4 +107,4 @@ class DraftVocab:
 
   def frozen_embeddings(self, tokens):
     """Token ids [B, T] -> the target's embeddings [B, T, D] in the compute dtype."""
-    return jnp.take(self.frozen_embed[...], tokens, axis=0).astype(self.config.jnp_dtype)
+    return layers.embedding_rows(self, self.frozen_embed[...], tokens, self.config.jnp_dtype)

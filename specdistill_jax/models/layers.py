@@ -37,6 +37,21 @@ def param(rngs: nnx.Rngs, shape, axes, config: ModelConfig, scale: Optional[floa
   return nnx.Param(value, logical_axes=axes)
 
 
+def embedding_rows(module, table, tokens, dtype):
+  """table [V, D] rows at token ids [...] -> [..., D] in `dtype` (a model's token embedding).
+
+  In the `kernel` layout a bf16 table is read by cpu_gemv.rows: XLA:CPU runs a bf16 gather in
+  fp32, converting the whole table first, and hoists that convert out of the decode loop, so
+  every decode call converted the 49k x 576 embedding (113 MB, ~27 ms on 2 cores) once per
+  table (the target's, and a feature draft's frozen copy).
+  """
+  if uses_kernel(module) and cpu_gemv.rows_applies(table):
+    rows = cpu_gemv.rows(table, tokens)
+  else:
+    rows = jnp.take(table, tokens, axis=0)
+  return rows.astype(dtype)
+
+
 class RMSNorm(nnx.Module):
   """y = x / rms(x) * weight, computed in fp32."""
 

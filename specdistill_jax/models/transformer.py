@@ -29,7 +29,8 @@ from flax import nnx
 
 from specdistill_jax.models import kv_cache as kvc
 from specdistill_jax.models.config import ModelConfig
-from specdistill_jax.models.layers import Block, RMSNorm, kernel_weight, mm, mm_left, param, set_transposed
+from specdistill_jax.models.layers import (Block, RMSNorm, embedding_rows, kernel_weight, mm, mm_left, param,
+                                           set_transposed)
 
 
 class Transformer(nnx.Module):
@@ -48,7 +49,7 @@ class Transformer(nnx.Module):
 
   def embed_tokens(self, tokens):
     """Token ids [B, T] -> input embeddings [B, T, D] in the compute dtype."""
-    return jnp.take(self.embed[...], tokens, axis=0).astype(self.config.jnp_dtype)
+    return embedding_rows(self, self.embed[...], tokens, self.config.jnp_dtype)
 
   def project(self, h, vocab_ids=None):
     """Final hidden states [..., D] (after the final norm) -> fp32 logits [..., V].
