@@ -85,7 +85,12 @@ def greedy(draft_tokens: jax.Array, target_logits: jax.Array, lengths: Optional[
   """draft_tokens [B, G], target_logits [B, G+1, V] -> (n [B], t [B]).
 
   lengths [B]: only the first lengths[b] drafts are proposals (None: all G); n <= lengths."""
-  target_tokens = dist.argmax(target_logits)
+  return greedy_tokens(draft_tokens, dist.argmax(target_logits), lengths)
+
+
+def greedy_tokens(draft_tokens: jax.Array, target_tokens: jax.Array, lengths: Optional[jax.Array] = None):
+  """`greedy` from the target's argmax tokens [B, G+1] (computed once by a caller that uses them
+  again)."""
   g = draft_tokens.shape[1]
   n = accepted_prefix((draft_tokens == target_tokens[:, :g]) & _proposed(draft_tokens, lengths))
   return n, _at(target_tokens, n)
