@@ -136,8 +136,8 @@ def test_lookup_rows_and_the_draft_with_lookup_decode_like_greedy_ar(micro_world
   rows = [r for r in json.load(open(tmp_path / "b.json")) if r["pair"].startswith("micro/combo")]
   assert sorted(r["pair"] for r in rows) == ["micro/combo", "micro/combo [draft+lookup]", "micro/combo [lookup]"]
   assert all(r["greedy_differs"] == 0 and r["num_prompts"] == 2 for r in rows)
-  by = {r["drafter"]: r for r in rows}
-  assert by["draft+lookup"]["draft_round"] > by["draft"]["draft_round"]  # both drafters propose every round
+  # (r(gamma) of draft+lookup is a sum of two timings: not asserted, timings are noisy)
+  assert {r["drafter"] for r in rows} == {"draft", "lookup", "draft+lookup"}
   text = open(tmp_path / "b.md").read()
   for label in ("prompt lookup, chain gamma=2", "draft + lookup routed, chain gamma=2"):
     assert f"| {label} |" in text
