@@ -12,8 +12,8 @@
 4. benchmarks it with `specdistill_jax.bench`'s protocol on MT-Bench turn 1 (--num_prompts,
    round-robin over the 8 categories): B=1, greedy and temperature 1, plain and speculative
    decoding (chains of --gammas, drafted by the head and by prompt lookup; --drafters
-   draft,lookup,draft+lookup adds both routed per round) of each prompt back to back; prints tokens/s of both, the
-   speedup with its 95% CI, alpha, tau, per-position acceptance, the measured draft cost c
+   draft,lookup,draft+lookup adds both routed per round) of each prompt back to back;
+   prints tokens/s of both, the speedup with its 95% CI, alpha, tau, per-position acceptance, the measured draft cost c
    and verification cost v, the cost model's prediction tau / (gamma c + v), and on how many
    prompts greedy SD ids differ from AR ids.
 Everything is cached under WORKDIR (default ./workdir/runs/quickstart): a rerun resumes the

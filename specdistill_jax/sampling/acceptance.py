@@ -74,7 +74,7 @@ def _at(x: jax.Array, index: jax.Array) -> jax.Array:
   return jnp.take_along_axis(x, idx, axis=1)[:, 0]
 
 
-def _proposed(draft_tokens: jax.Array, lengths: Optional[jax.Array]) -> jax.Array:
+def proposed(draft_tokens: jax.Array, lengths: Optional[jax.Array]) -> jax.Array:
   """[B, G] bool: the drafts that are proposals (the first lengths[b] of each row; None: all)."""
   if lengths is None:
     return jnp.ones(draft_tokens.shape, jnp.bool_)
@@ -92,7 +92,7 @@ def greedy_tokens(draft_tokens: jax.Array, target_tokens: jax.Array, lengths: Op
   """`greedy` from the target's argmax tokens [B, G+1] (computed once by a caller that uses them
   again)."""
   g = draft_tokens.shape[1]
-  n = accepted_prefix((draft_tokens == target_tokens[:, :g]) & _proposed(draft_tokens, lengths))
+  n = accepted_prefix((draft_tokens == target_tokens[:, :g]) & proposed(draft_tokens, lengths))
   return n, _at(target_tokens, n)
 
 
@@ -119,7 +119,7 @@ def stochastic(key: jax.Array, draft_tokens: jax.Array, log_q: jax.Array, log_p:
   log_p_d = jnp.take_along_axis(log_p[:, :g], idx, axis=-1)[..., 0]
   log_q_d = jnp.take_along_axis(log_q, idx, axis=-1)[..., 0]
   u = jax.random.uniform(k_accept, (b, g), minval=jnp.finfo(jnp.float32).tiny)
-  accept = (jnp.log(u) + log_q_d < lenient_log_target(log_p_d, kind, eps)) & _proposed(draft_tokens, lengths)
+  accept = (jnp.log(u) + log_q_d < lenient_log_target(log_p_d, kind, eps)) & proposed(draft_tokens, lengths)
   n = accepted_prefix(accept)
   # residual at position n: max(0, p_n - q_n), with q := 0 past the proposals (the bonus token)
   p_n = jnp.exp(_at(log_p, n))

@@ -31,20 +31,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from specdistill_jax.sampling import acceptance
 from specdistill_jax.sampling.speculative import run_speculative
-
-
-def _proposed(tokens: jax.Array, lengths: Optional[jax.Array]) -> jax.Array:
-  """[B, G] bool: the positions a drafter proposed (all of them without `lengths`)."""
-  g = jnp.arange(tokens.shape[-1])
-  return jnp.ones(tokens.shape, jnp.bool_) if lengths is None else g[None, :] < lengths[:, None]
 
 
 def confidence(logits: jax.Array, tokens: jax.Array, lengths: Optional[jax.Array] = None) -> jax.Array:
   """TAPS confidence: logits [B, G, V], tokens [B, G] -> mean_k prod_{j<=k} q(d_j), [B]. A position
   the drafter did not propose (past `lengths` [B], prompt lookup without a match) counts as q = 0."""
   logq = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tokens[..., None], axis=-1)[..., 0]
-  logq = jnp.where(_proposed(tokens, lengths), logq, -jnp.inf)
+  logq = jnp.where(acceptance.proposed(tokens, lengths), logq, -jnp.inf)
   return jnp.mean(jnp.exp(jnp.cumsum(logq, axis=-1)), axis=-1)
 
 
@@ -52,7 +47,7 @@ def negative_entropy(logits: jax.Array, tokens: jax.Array, lengths: Optional[jax
   """Minus the mean entropy of the proposal's distributions over the proposed positions, [B]
   (-inf for a row with no proposal)."""
   logq = jax.nn.log_softmax(logits, -1)
-  ok = _proposed(tokens, lengths)
+  ok = acceptance.proposed(tokens, lengths)
   total = jnp.sum(jnp.where(ok, jnp.sum(jnp.exp(logq) * logq, axis=-1), 0.0), axis=-1)
   count = jnp.sum(ok, axis=-1)
   return jnp.where(count > 0, total / jnp.maximum(count, 1), -jnp.inf)
