@@ -8,8 +8,8 @@ Two layouts hold the same values (a third, `kernel`, is `fused` with its bf16 do
 * `fused`: one q/k/v matrix [(H + 2 Hkv) head_dim, in], o as [D, H head_dim], one
   gate/up matrix [2 F, D], down as [D, F], the head as [V, D]: one dot per group with the
   weights as the left operand (`layers.mm_left`).
-* `kernel`: the fused weights plus a packed copy of each (4 rows interleaved in pieces of 32:
-  `layers.set_packed`; the layout holds the weights twice) from which `models/cpu_gemv.py` runs
+* `kernel`: the fused weights plus a packed copy of each (blocks of 64 rows, input pairs in turn:
+  `cpu_gemv.pack` via `layers.set_packed`; the layout holds the weights twice) from which `models/cpu_gemv.py` runs
   their bf16 or fp32 dots of up to 16 token rows, and its cached attention of up to 32 new
   tokens (AVX512-BF16, built on first use), instead of XLA's ops; a prefill's longer dots stay XLA's.
 

@@ -1,19 +1,26 @@
 // bf16 small-M matmul for B=1 decoding on CPUs with AVX512-BF16 (models/cpu_gemv.py builds it).
 //
-// y[M, N] (fp32) = x[M, K] (bf16) . w[N, K]^T (bf16), fp32 accumulation, M in 1..32: the
+// y[M, N] (fp32) = x[M, K] . w[N, K]^T, bf16 (fp32 accumulation) or fp32, M in 1..32: the
 // weights-left dot of the kernel decode layout (layers.mm_left), w packed by cpu_gemv.pack as
-// [N / 4, K / 32, 4, 32] (4 rows interleaved in 32-element pieces). A core reads w as one
-// sequential stream, which the hardware prefetcher follows at the full read bandwidth, and keeps
-// 4 x M independent accumulators (vdpbf16ps: 32 products per instruction). Reading 4 unpacked
-// rows side by side (4 streams 1 KB apart) halved a core's read rate; one unpacked row at a time
-// left M <= 8 accumulators and re-loaded x per row (/tmp microbenchmark, AMD EPYC, one core,
-// 576 x 1536: packed 1.3-1.5x faster at M = 1..8). Row blocks of w are
-// split in chunks that the calling thread and XLA's intra-op pool threads take from one atomic
-// counter, so a pool thread that starts late finds nothing left and no thread ever waits for
-// work that has not been claimed (no deadlock when the pool is busy).
+// [N / NB, K / 2, NB, 2] with NB = 64, 32 or 16 output rows per block (the largest that divides
+// N): a block's K pairs follow each other, each pair holding the block's rows side by side. A
+// core reads a block as one sequential stream (the hardware prefetcher follows it at the full
+// read bandwidth); each vector of w holds 16 outputs x 2 inputs (one vdpbf16ps against the
+// token's input pair broadcast), so the sums sit in the lanes of MR x NB / 16 accumulators, with
+// no horizontal reduction, and MR token rows share each load of w. Each output's sum runs over
+// the K pairs in order (fp32: two lanes, even and odd inputs, added at the end) whatever M and
+// the grouping of token rows are: a k-token pass gives the one-token pass's numbers. Against the
+// previous layout (4 rows interleaved in pieces of 32, one horizontal add per output and token)
+// this ran 1.3-1.9x faster at M = 5..16 and no slower at M = 1 (/tmp microbenchmark, AMD EPYC,
+// one core, the real target's shapes). Blocks are split in chunks that the calling thread and
+// XLA's intra-op pool threads take from one atomic counter, so a pool thread that starts late
+// finds nothing left and no thread ever waits for work that has not been claimed (no deadlock
+// when the pool is busy).
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
+#include <utility>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -33,94 +40,114 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int64_t kRowBlock = 4;  // weight rows packed together (cpu_gemv.ROW_BLOCK)
 constexpr int64_t kChunksPerThread = 4;  // units of work per thread (a late thread still gets some)
-constexpr int64_t kMinChunk = 8;  // row blocks (32 rows of w)
+constexpr int64_t kMinChunkRows = 64;  // output rows per unit of work, at least
 
 template <typename E>
 struct Work {
   const E* x;
   const E* w;
   float* y;
-  int64_t m, n, k, chunks, chunk;  // chunk: row blocks per unit of work
+  int64_t m, n, k, nb, chunks, chunk;  // nb: rows per block; chunk: blocks per unit of work
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
 };
 
-// One piece of 32 elements of x (loaded once per piece and token row, used for the block's
-// rows) and acc += w . x over it: one vdpbf16ps (bf16) or two FMAs (fp32), the lanes in the same
-// order for every M.
-struct Bf16Piece {
-  __m512bh v;
-  void load(const uint16_t* x) { v = (__m512bh)_mm512_loadu_si512(x); }
-  __m512 fma(__m512 acc, const uint16_t* w) const {
-    return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(w), v);
+// One K pair of a block: NV vectors of 16 outputs x 2 inputs (bf16: one register each, fp32: two)
+// times one token row's input pair broadcast to every lane.
+struct Bf16Pair {
+  static constexpr int kRegs = 1;  // registers per 16 outputs
+  using Acc = __m512;
+  static __m512bh broadcast(const uint16_t* x) { return (__m512bh)_mm512_set1_epi32(*(const int32_t*)x); }
+  static void fma(__m512* acc, const uint16_t* w, __m512bh x) {
+    acc[0] = _mm512_dpbf16_ps(acc[0], (__m512bh)_mm512_loadu_si512(w), x);
   }
+  static void store(const __m512* acc, float* y) { _mm512_storeu_ps(y, acc[0]); }
 };
-struct F32Piece {
-  __m512 lo, hi;
-  void load(const float* x) {
-    lo = _mm512_loadu_ps(x);
-    hi = _mm512_loadu_ps(x + 16);
+struct F32Pair {
+  static constexpr int kRegs = 2;  // outputs 0-7 and 8-15, each lane pair (even input, odd input)
+  static __m512 broadcast(const float* x) { return _mm512_castpd_ps(_mm512_set1_pd(*(const double*)x)); }
+  static void fma(__m512* acc, const float* w, __m512 x) {
+    acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(w), x, acc[0]);
+    acc[1] = _mm512_fmadd_ps(_mm512_loadu_ps(w + 16), x, acc[1]);
   }
-  __m512 fma(__m512 acc, const float* w) const {
-    return _mm512_fmadd_ps(_mm512_loadu_ps(w + 16), hi, _mm512_fmadd_ps(_mm512_loadu_ps(w), lo, acc));
+  static void store(const __m512* acc, float* y) {  // even lanes + odd lanes, in output order
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    _mm512_storeu_ps(y, _mm512_add_ps(_mm512_permutex2var_ps(acc[0], even, acc[1]),
+                                      _mm512_permutex2var_ps(acc[0], odd, acc[1])));
   }
 };
 template <typename E>
-using Piece = std::conditional_t<std::is_same_v<E, float>, F32Piece, Bf16Piece>;
+using Pair = std::conditional_t<std::is_same_v<E, float>, F32Pair, Bf16Pair>;
 
-// Row block b (kRowBlock weight rows, packed as [K / 32][kRowBlock][32]: one sequential stream)
-// against token rows m0 .. m0 + MG - 1: MG x kRowBlock independent accumulators, each x piece
-// loaded once for the block's rows. Every (row, token) sum runs in the same order (its pieces in
-// turn, then one horizontal add) for every M and grouping, so an output does not depend on how
-// many token rows came with it.
-template <int MG, typename E>
+// Token rows a group takes: the accumulators (MR x NV x kRegs) and one block pair's weights fit
+// the 32 vector registers.
+template <typename E, int NV>
+constexpr int kMaxGroup = std::min(6, (30 - NV * Pair<E>::kRegs) / (NV * Pair<E>::kRegs));
+
+// Block b (NV x 16 rows) against token rows m0 .. m0 + MR - 1.
+template <int NV, int MR, typename E>
 inline void block(const Work<E>& s, int64_t b, int64_t m0) {
-  const int64_t kc = s.k / 32;
-  const E* wb = s.w + b * kRowBlock * s.k;
-  __m512 acc[MG][kRowBlock];
-  _Pragma("GCC unroll 16") for (int m = 0; m < MG; ++m)
-    _Pragma("GCC unroll 4") for (int r = 0; r < kRowBlock; ++r) acc[m][r] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < kc; ++c) {
-    Piece<E> xv[MG];
-    _Pragma("GCC unroll 16") for (int m = 0; m < MG; ++m) xv[m].load(s.x + (m0 + m) * s.k + c * 32);
-    _Pragma("GCC unroll 4") for (int r = 0; r < kRowBlock; ++r) {
-      const E* wp = wb + (c * kRowBlock + r) * 32;
-      _Pragma("GCC unroll 16") for (int m = 0; m < MG; ++m) acc[m][r] = xv[m].fma(acc[m][r], wp);
+  using P = Pair<E>;
+  constexpr int R = P::kRegs;
+  const E* wb = s.w + b * NV * 16 * s.k;
+  __m512 acc[MR][NV * R];
+  _Pragma("GCC unroll 8") for (int m = 0; m < MR; ++m)
+    _Pragma("GCC unroll 8") for (int v = 0; v < NV * R; ++v) acc[m][v] = _mm512_setzero_ps();
+  const E* xr = s.x + m0 * s.k;
+  for (int64_t p = 0; p < s.k; p += 2) {
+    const E* wp = wb + p * NV * 16;
+    _Pragma("GCC unroll 8") for (int m = 0; m < MR; ++m) {
+      const auto xb = P::broadcast(xr + m * s.k + p);
+      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) P::fma(&acc[m][v * R], wp + v * 32, xb);
     }
   }
-  _Pragma("GCC unroll 16") for (int m = 0; m < MG; ++m)
-    _Pragma("GCC unroll 4") for (int r = 0; r < kRowBlock; ++r)
-      s.y[(m0 + m) * s.n + b * kRowBlock + r] = _mm512_reduce_add_ps(acc[m][r]);
+  _Pragma("GCC unroll 8") for (int m = 0; m < MR; ++m)
+    _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v)
+      P::store(&acc[m][v * R], s.y + (m0 + m) * s.n + b * NV * 16 + v * 16);
 }
 
-// Token rows in groups of at most 4 (16 accumulators and the pieces in flight fit the 32 vector
-// registers); the next group re-reads the block from L1.
-template <typename E>
-void chunk(const Work<E>& s, int64_t lo, int64_t hi) {
-  for (int64_t b = lo; b < hi; ++b) {
-    int64_t m0 = 0;
-    for (; m0 + 4 <= s.m; m0 += 4) block<4>(s, b, m0);
-    switch (s.m - m0) {
-      case 3: block<3>(s, b, m0); break;
-      case 2: block<2>(s, b, m0); break;
-      case 1: block<1>(s, b, m0); break;
-      default: break;
-    }
+template <int NV, typename E>
+inline void group(const Work<E>& s, int64_t b, int64_t m0, int64_t rows) {
+  switch (rows) {
+    case 1: block<NV, 1>(s, b, m0); break;
+    case 2: block<NV, 2>(s, b, m0); break;
+    case 3: block<NV, std::min(3, kMaxGroup<E, NV>)>(s, b, m0); break;
+    case 4: block<NV, std::min(4, kMaxGroup<E, NV>)>(s, b, m0); break;
+    case 5: block<NV, std::min(5, kMaxGroup<E, NV>)>(s, b, m0); break;
+    default: block<NV, std::min(6, kMaxGroup<E, NV>)>(s, b, m0); break;
   }
+}
+
+// Token rows in as few groups of at most kMaxGroup as there can be, of near-equal sizes; the next
+// group re-reads the block from L1/L2.
+template <int NV, typename E>
+void chunk(const Work<E>& s, int64_t lo, int64_t hi) {
+  constexpr int64_t most = kMaxGroup<E, NV>;
+  const int64_t groups = (s.m + most - 1) / most;
+  for (int64_t b = lo; b < hi; ++b)
+    for (int64_t g = 0, m0 = 0; g < groups; ++g) {
+      const int64_t rows = s.m / groups + (g < s.m % groups ? 1 : 0);
+      group<NV>(s, b, m0, rows);
+      m0 += rows;
+    }
 }
 
 constexpr int64_t kMaxM = 32;  // token rows per call (cpu_gemv.MAX_ROWS routes up to 16)
 
 template <typename E>
 void drain(Work<E>& s) {
-  const int64_t blocks = s.n / kRowBlock;
+  const int64_t blocks = s.n / s.nb;
   for (;;) {
     const int64_t c = s.next.fetch_add(1, std::memory_order_relaxed);
     if (c >= s.chunks) return;
-    const int64_t lo = c * s.chunk;
-    chunk(s, lo, lo + s.chunk < blocks ? lo + s.chunk : blocks);
+    const int64_t lo = c * s.chunk, hi = lo + s.chunk < blocks ? lo + s.chunk : blocks;
+    switch (s.nb) {
+      case 64: chunk<4>(s, lo, hi); break;
+      case 32: chunk<2>(s, lo, hi); break;
+      default: chunk<1>(s, lo, hi); break;
+    }
     s.done.fetch_add(1, std::memory_order_release);
   }
 }
@@ -132,22 +159,23 @@ template <ffi::DataType T>
 ffi::Error Gemv(ffi::ThreadPool pool, ffi::Buffer<T> x, ffi::Buffer<T> w, ffi::ResultBuffer<ffi::F32> y) {
   using E = Elem<T>;
   const auto xd = x.dimensions(), wd = w.dimensions();
-  if (xd.size() != 2 || wd.size() != 4 || wd[2] != kRowBlock || wd[3] != 32 || xd[1] != wd[1] * 32 ||
-      xd[0] < 1 || xd[0] > kMaxM)
+  if (xd.size() != 2 || wd.size() != 4 || wd[3] != 2 || (wd[2] != 16 && wd[2] != 32 && wd[2] != 64) ||
+      xd[1] != wd[1] * 2 || xd[0] < 1 || xd[0] > kMaxM)
     return ffi::Error::InvalidArgument(
-        "cpu_gemv: expects x [M, K] with 1 <= M <= 32 and w packed [N / 4, K / 32, 4, 32] (cpu_gemv.pack)");
+        "cpu_gemv: expects x [M, K] with 1 <= M <= 32 and w packed [N / NB, K / 2, NB, 2], NB in 16, 32, 64 "
+        "(cpu_gemv.pack)");
   auto s = std::make_shared<Work<E>>();  // shared: a pool task may start after this call returned
   s->x = reinterpret_cast<const E*>(x.untyped_data());
   s->w = reinterpret_cast<const E*>(w.untyped_data());
   s->y = y->typed_data();
   s->m = xd[0];
-  s->n = wd[0] * kRowBlock;
+  s->nb = wd[2];
+  s->n = wd[0] * wd[2];
   s->k = xd[1];
   // few large contiguous chunks: each stays one sequential stream for the prefetcher
   const int64_t threads = pool.num_threads() > 0 ? pool.num_threads() : 1;
-  const int64_t blocks = wd[0];
-  s->chunk = (blocks + kChunksPerThread * threads - 1) / (kChunksPerThread * threads);
-  s->chunk = s->chunk < kMinChunk ? kMinChunk : s->chunk;
+  const int64_t blocks = wd[0], least = std::max<int64_t>(1, kMinChunkRows / s->nb);
+  s->chunk = std::max((blocks + kChunksPerThread * threads - 1) / (kChunksPerThread * threads), least);
   s->chunks = (blocks + s->chunk - 1) / s->chunk;
   int64_t helpers = pool.num_threads() - 1;
   if (helpers > s->chunks - 1) helpers = s->chunks - 1;
@@ -168,19 +196,91 @@ ffi::Error Gemv(ffi::ThreadPool pool, ffi::Buffer<T> x, ffi::Buffer<T> w, ffi::R
 // instructions whatever T is (a k-token verification gives the one-token step's numbers) and
 // reads only the filled prefix of the cache. Work items (b, t, kv head) are split like the
 // matmul's chunks when there is enough of it.
+//
+// Vectorised over slots: the scores of 16 slots (one vector of q . key partial sums per slot,
+// then a transposing reduction tree) come out as one vector, the softmax's exp runs on 16 lanes
+// (exp16), the values of the filled slots are converted to fp32 once per kv head, and the
+// values' sum keeps the query's output in registers. Against one horizontal add and one scalar
+// exp per slot and query, 30 layers of the real target's attention (9 heads, 3 kv heads, 64
+// dims, ~200 filled slots of 512) took 3.3 instead of 5.6-7.0 ms for 16 new tokens and 1.25
+// instead of 1.7-2.2 ms for 5 (/tmp microbenchmark in a fori_loop, this CPU, 2 threads).
+constexpr int64_t kMaxHeadDim = 256;  // cpu_gemv.MAX_HEAD_DIM
 
-inline __m512 load16(const uint16_t* p) {  // 16 bf16 -> 16 fp32 (exact)
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+inline __m512 load16(const uint16_t* p, __mmask16 live = 0xffff) {  // bf16 -> fp32 (exact); dead lanes 0
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, p)), 16));
 }
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const float* p, __mmask16 live = 0xffff) { return _mm512_maskz_loadu_ps(live, p); }
 
-inline float to_f32(uint16_t h) {
-  uint32_t bits = uint32_t(h) << 16;
-  float f;
-  __builtin_memcpy(&f, &bits, 4);
-  return f;
+inline __mmask16 lanes16(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
+inline __mmask32 lanes32(int64_t n) { return n >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << n) - 1); }
+
+// A query head held in registers (DC 16-element pieces): lanes whose sum is q . key, bf16
+// products (exact) summed in fp32 by vdpbf16ps, or fp32 FMAs; the same instructions for every
+// query and slot. Elements past d read as 0.
+template <int DC, typename E>
+struct Query;
+template <int DC>
+struct Query<DC, uint16_t> {
+  static constexpr int kPieces = (DC + 1) / 2;  // 32 bf16 each
+  __m512bh q[kPieces];
+  __mmask32 tail;
+  Query(const uint16_t* x, int64_t d) : tail(lanes32(d - (kPieces - 1) * 32)) {
+    for (int i = 0; i < kPieces; ++i) q[i] = (__m512bh)_mm512_maskz_loadu_epi16(i + 1 < kPieces ? ~0u : tail, x + i * 32);
+  }
+  __m512 partial(const uint16_t* key) const {
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < kPieces; ++i)
+      acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_maskz_loadu_epi16(i + 1 < kPieces ? ~0u : tail, key + i * 32), q[i]);
+    return acc;
+  }
+};
+template <int DC>
+struct Query<DC, float> {
+  __m512 q[DC];
+  __mmask16 tail;
+  Query(const float* x, int64_t d) : tail(lanes16(d - (DC - 1) * 16)) {
+    for (int i = 0; i < DC; ++i) q[i] = load16(x + i * 16, i + 1 < DC ? 0xffff : tail);
+  }
+  __m512 partial(const float* key) const {
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < DC; ++i) acc = _mm512_fmadd_ps(load16(key + i * 16, i + 1 < DC ? 0xffff : tail), q[i], acc);
+    return acc;
+  }
+};
+
+// Lane i = the sum of v[i]'s lanes, for 16 vectors: halves, quarters, pairs and lanes added in a
+// tree (46 instructions for 16 sums), the order of each sum fixed.
+inline __m512 reduce16(const __m512* v) {
+  __m512 a[8], c[4], d[2];
+  for (int i = 0; i < 8; ++i)  // 256-bit halves: [v2i lo+hi | v2i+1 lo+hi]
+    a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; ++i)  // 128-bit block j of c[i]: 4 partial sums of v[4i + j]
+    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xDD));
+  for (int i = 0; i < 2; ++i)  // per block: [c2i 0+2, c2i+1 0+2, c2i 1+3, c2i+1 1+3]
+    d[i] = _mm512_add_ps(_mm512_unpacklo_ps(c[2 * i], c[2 * i + 1]), _mm512_unpackhi_ps(c[2 * i], c[2 * i + 1]));
+  // lane 4j + m: the sum of v[4m + j]
+  const __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                 _mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+  return _mm512_permutexvar_ps(order, e);
 }
-inline float to_f32(float f) { return f; }
+
+// exp of the live lanes (0 elsewhere) for x <= 0 (scores minus their maximum): Cody-Waite
+// reduction by ln 2 and cephes' degree-6 polynomial for expf (~1 ulp), scaled by 2^n.
+inline __m512 exp16(__m512 x, __mmask16 live) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));  // below: 0 after scaling
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  for (float coef : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(coef));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_maskz_scalef_ps(live, p, n);
+}
 
 inline void from_f32(float f, uint16_t* out) {  // round to nearest even (NaN stays NaN)
   uint32_t bits;
@@ -195,16 +295,6 @@ inline void from_f32(float f, uint16_t* out) {  // round to nearest even (NaN st
 inline void from_f32(float f, float* out) { *out = f; }
 
 template <typename E>
-inline float dot(const float* q, const E* k, int64_t d) {
-  __m512 acc = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= d; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), load16(k + i), acc);
-  float tail = 0.f;
-  for (; i < d; ++i) tail += q[i] * to_f32(k[i]);
-  return _mm512_reduce_add_ps(acc) + tail;
-}
-
-template <typename E>
 struct AttnWork {
   const E *q, *keys, *values;
   const int32_t* slots;
@@ -215,8 +305,12 @@ struct AttnWork {
   std::atomic<int64_t> done{0};
 };
 
-template <typename E>
+// One work item (b, t, kv head): its group of query heads against the slots the row filled;
+// DC = 16-element pieces of a head. The values of those slots are converted to fp32 once and
+// shared by the group's heads.
+template <int DC, typename E>
 void attend_item(const AttnWork<E>& w, int64_t item) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const int64_t kh = item % w.hkv, bt = item / w.hkv, b = bt / w.t;
   int64_t used = 0;
   for (int64_t j = 0; j < w.t; ++j) {
@@ -224,54 +318,70 @@ void attend_item(const AttnWork<E>& w, int64_t item) {
     used = slot > used ? slot : used;
   }
   used = used < w.s ? used : w.s;
-  const int64_t group = w.h / w.hkv, d = w.d;
-  const float scale = 1.0f / std::sqrt(float(d));
+  const int64_t group = w.h / w.hkv, d = w.d, tiles = (used + 15) / 16;
+  const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(float(d)));
   // per-thread scratch, grown once: no allocation per layer and token
-  thread_local std::vector<float> qf, scores, acc;
-  qf.resize(group * d);
-  scores.resize(group * (used > 0 ? used : 1));
-  acc.resize(d);
-  for (int64_t g = 0; g < group; ++g)
-    for (int64_t i = 0; i < d; ++i) qf[g * d + i] = to_f32(w.q[(bt * w.h + kh * group + g) * d + i]);
+  thread_local std::vector<float> probs, vals;
+  thread_local std::vector<__mmask16> live;
+  probs.resize(tiles * 16 + 16);
+  vals.resize(used * DC * 16 + 16);
+  live.resize(tiles + 1);
   const bool* mrow = w.mask + bt * w.s;
   const int64_t stride = w.hkv * d;
   const E* kbase = w.keys + (b * w.s * w.hkv + kh) * d;
   const E* vbase = w.values + (b * w.s * w.hkv + kh) * d;
+  for (int64_t tile = 0; tile < tiles; ++tile)
+    live[tile] = _mm_test_epi8_mask(_mm_maskz_loadu_epi8(lanes16(used - tile * 16), mrow + tile * 16), _mm_set1_epi8(1));
+  for (int64_t s = 0; s < used; ++s)
+    for (int c = 0; c < DC; ++c) _mm512_storeu_ps(vals.data() + (s * DC + c) * 16, load16(vbase + s * stride + c * 16, lanes16(d - c * 16)));
   for (int64_t g = 0; g < group; ++g) {
-    float* sc = scores.data() + g * used;
-    float top = -std::numeric_limits<float>::infinity();
-    for (int64_t s = 0; s < used; ++s) {
-      if (!mrow[s]) continue;
-      sc[s] = dot(qf.data() + g * d, kbase + s * stride, d) * scale;
-      top = sc[s] > top ? sc[s] : top;
+    const Query<DC, E> query(w.q + (bt * w.h + kh * group + g) * d, d);
+    __m512 top = _mm512_set1_ps(kNegInf);
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      const int64_t s0 = tile * 16, n = std::min<int64_t>(16, used - s0);
+      __m512 part[16];
+      for (int64_t j = 0; j < 16; ++j) part[j] = j < n ? query.partial(kbase + (s0 + j) * stride) : _mm512_setzero_ps();
+      const __m512 sc = _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), live[tile], _mm512_mul_ps(reduce16(part), scale));
+      _mm512_storeu_ps(probs.data() + s0, sc);
+      top = _mm512_max_ps(top, sc);
     }
-    float total = 0.f;
-    for (int64_t s = 0; s < used; ++s)
-      if (mrow[s]) { sc[s] = std::exp(sc[s] - top); total += sc[s]; }
-    std::fill(acc.begin(), acc.end(), 0.f);
-    if (total > 0.f) {
-      const float inv = 1.0f / total;
+    const float most = _mm512_reduce_max_ps(top);
+    __m512 acc[DC];
+    for (int c = 0; c < DC; ++c) acc[c] = _mm512_setzero_ps();
+    float inv = 0.f;  // no visible slot: out = 0
+    if (most > kNegInf) {
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t tile = 0; tile < tiles; ++tile) {
+        const __m512 p = exp16(_mm512_sub_ps(_mm512_loadu_ps(probs.data() + tile * 16), _mm512_set1_ps(most)), live[tile]);
+        _mm512_storeu_ps(probs.data() + tile * 16, p);
+        sum = _mm512_add_ps(sum, p);
+      }
+      inv = 1.0f / _mm512_reduce_add_ps(sum);
+      // a hidden slot's p is 0 and adds 0 (values are finite)
       for (int64_t s = 0; s < used; ++s) {
-        if (!mrow[s]) continue;
-        const __m512 p = _mm512_set1_ps(sc[s] * inv);
-        const E* vrow = vbase + s * stride;
-        int64_t i = 0;
-        for (; i + 16 <= d; i += 16)
-          _mm512_storeu_ps(acc.data() + i, _mm512_fmadd_ps(p, load16(vrow + i), _mm512_loadu_ps(acc.data() + i)));
-        for (; i < d; ++i) acc[i] += sc[s] * inv * to_f32(vrow[i]);
+        const __m512 p = _mm512_set1_ps(probs[s]);
+        for (int c = 0; c < DC; ++c) acc[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vals.data() + (s * DC + c) * 16), acc[c]);
       }
     }
-    E* o = w.out + (bt * w.h + kh * group + g) * d;
-    for (int64_t i = 0; i < d; ++i) from_f32(acc[i], o + i);
+    alignas(64) float o[DC * 16];
+    for (int c = 0; c < DC; ++c) _mm512_store_ps(o + c * 16, _mm512_mul_ps(acc[c], _mm512_set1_ps(inv)));
+    E* out = w.out + (bt * w.h + kh * group + g) * d;
+    for (int64_t i = 0; i < d; ++i) from_f32(o[i], out + i);
   }
+}
+
+template <typename E, int... I>
+constexpr auto attend_items(std::integer_sequence<int, I...>) {
+  return std::array<void (*)(const AttnWork<E>&, int64_t), sizeof...(I)>{&attend_item<I + 1, E>...};
 }
 
 template <typename E>
 void attend_drain(AttnWork<E>& w, int64_t items) {
+  static constexpr auto kItems = attend_items<E>(std::make_integer_sequence<int, kMaxHeadDim / 16>{});
   for (;;) {
     const int64_t c = w.next.fetch_add(1, std::memory_order_relaxed);
     if (c >= items) return;
-    attend_item(w, c);
+    kItems[(w.d + 15) / 16 - 1](w, c);
     w.done.fetch_add(1, std::memory_order_release);
   }
 }
@@ -283,8 +393,10 @@ ffi::Error Attend(ffi::ThreadPool pool, ffi::Buffer<T> q, ffi::Buffer<T> k, ffi:
   using E = Elem<T>;
   const auto qd = q.dimensions(), cd = keys.dimensions(), kd = k.dimensions();
   if (qd.size() != 4 || cd.size() != 4 || kd.size() != 4 || kd[0] != qd[0] || kd[1] != qd[1] ||
-      cd[0] != qd[0] || cd[2] != kd[2] || cd[3] != qd[3] || kd[3] != qd[3] || qd[2] % cd[2] != 0)
-    return ffi::Error::InvalidArgument("cpu_attention: expects q [B,T,H,D], k/v [B,T,Hkv,D], keys/values [B,S,Hkv,D]");
+      cd[0] != qd[0] || cd[2] != kd[2] || cd[3] != qd[3] || kd[3] != qd[3] || qd[2] % cd[2] != 0 || qd[3] < 1 ||
+      qd[3] > kMaxHeadDim)
+    return ffi::Error::InvalidArgument(
+        "cpu_attention: expects q [B,T,H,D], k/v [B,T,Hkv,D], keys/values [B,S,Hkv,D], 1 <= D <= 256");
   const int64_t B = qd[0], T_ = qd[1], H = qd[2], D = qd[3], S = cd[1], Hkv = cd[2];
   E* kc = reinterpret_cast<E*>(keys_out->untyped_data());
   E* vc = reinterpret_cast<E*>(values_out->untyped_data());

@@ -7,9 +7,9 @@ XLA:CPU runs a bf16 gather in fp32 and converts the whole table for it, once per
 XLA:CPU runs a bf16 dot of a few token rows against a weight matrix at 0.3-0.5 of the memory
 bandwidth on such a CPU (`python ../shared/bench/xla_cpu_dots.py`); decoding is such dots. This
 kernel reads each weight once, as one sequential stream per thread, from a packed copy (`pack`:
-4 rows interleaved in pieces of 32 elements), multiplies it with every token row (vdpbf16ps,
-fp32 accumulation, 4 x M independent sums; fp32 weights: two FMAs per piece) and splits the row
-blocks over XLA's own intra-op threads. `python experiments/bench_target.py` times the target's
+blocks of 64, 32 or 16 rows whose input pairs follow each other), multiplies it with up to 6
+token rows per load (vdpbf16ps of 16 outputs x one input pair, fp32 accumulation in the lanes;
+fp32 weights: FMAs) and splits the row blocks over XLA's own intra-op threads. `python experiments/bench_target.py` times the target's
 pass with it (layout `kernel`) against XLA's dots (`fused`, `standard`) in one run.
 
 It is compiled on first use with the C++ compiler on PATH (`g++ -O3 -march=native` against
@@ -46,8 +46,9 @@ _TARGETS = {"bfloat16": "specdistill_cpu_gemv_bf16", "float32": "specdistill_cpu
 _ATTENTION_TARGETS = {"bfloat16": "specdistill_cpu_attention_bf16", "float32": "specdistill_cpu_attention_f32"}
 _ROWS_TARGET = "specdistill_cpu_rows_bf16"
 MAX_ROWS = 16  # token rows the kernel takes (cpu_gemv.cc takes up to 32); more: XLA's dot is faster
-ROW_BLOCK = 4  # weight rows `pack` interleaves (kRowBlock in cpu_gemv.cc)
+ROW_BLOCK = 16  # `pack` takes weights whose row count is a multiple of this (blocks of 64, 32 or 16 rows)
 MAX_ATTENTION_ROWS = 32  # new tokens per row; a prefill's attention is XLA's (batched dots win there)
+MAX_HEAD_DIM = 256  # the attention kernel's largest head (kMaxHeadDim in cpu_gemv.cc)
 
 
 def _cache_dir() -> str:
@@ -109,15 +110,22 @@ def unavailable_reason() -> str | None:
 
 
 def packable(w) -> bool:
-  """True if a [N, K] weight can be packed for `matmul` (N a multiple of ROW_BLOCK, K of 32)."""
-  return w.ndim == 2 and w.shape[0] % ROW_BLOCK == 0 and w.shape[1] % 32 == 0
+  """True if a [N, K] weight can be packed for `matmul` (N a multiple of ROW_BLOCK, K even)."""
+  return w.ndim == 2 and w.shape[0] % ROW_BLOCK == 0 and w.shape[1] % 2 == 0
+
+
+def block_rows(n: int) -> int:
+  """Rows per block of `pack` for N rows: 64, 32 or 16, the largest that divides N."""
+  return next(b for b in (64, 32, ROW_BLOCK) if n % b == 0)
 
 
 def pack(w):
-  """w [N, K] -> [N / ROW_BLOCK, K / 32, ROW_BLOCK, 32], `matmul`'s weight: ROW_BLOCK rows
-  interleaved in pieces of 32, so the kernel reads them as one stream (call `packable` first)."""
+  """w [N, K] -> [N / NB, K / 2, NB, 2] (NB = `block_rows(N)`), `matmul`'s weight: a block's input
+  pairs one after another, each holding the block's NB rows side by side, so the kernel reads a
+  block as one stream and one vector holds 16 outputs x 2 inputs (call `packable` first)."""
   n, k = w.shape
-  return w.reshape(n // ROW_BLOCK, ROW_BLOCK, k // 32, 32).transpose(0, 2, 1, 3)
+  nb = block_rows(n)
+  return w.reshape(n // nb, nb, k // 2, 2).transpose(0, 2, 1, 3)
 
 
 def unpack(p):
@@ -146,15 +154,16 @@ def matmul(x, w_packed):
   exact in fp32) or both fp32 (call `applies` first)."""
   if not available():
     raise RuntimeError(f"cpu_gemv is unavailable: {unavailable_reason()}")
-  out = jax.ShapeDtypeStruct((x.shape[0], w_packed.shape[0] * ROW_BLOCK), jnp.float32)
+  out = jax.ShapeDtypeStruct((x.shape[0], w_packed.shape[0] * w_packed.shape[2]), jnp.float32)
   target = _TARGETS[_kernel_dtype(x.dtype, w_packed.dtype)]
   return jax.ffi.ffi_call(target, out, vmap_method="sequential")(x, w_packed)
 
 
 def attention_applies(q, keys) -> bool:
-  """True if `cached_attention` runs q [B, T, H, D] against this cache (T <= MAX_ATTENTION_ROWS, a
-  bf16 or fp32 cache)."""
-  return q.shape[1] <= MAX_ATTENTION_ROWS and _kernel_dtype(keys.dtype) is not None and available()
+  """True if `cached_attention` runs q [B, T, H, D] against this cache (T <= MAX_ATTENTION_ROWS,
+  D <= MAX_HEAD_DIM, a bf16 or fp32 cache)."""
+  return (q.shape[1] <= MAX_ATTENTION_ROWS and q.shape[-1] <= MAX_HEAD_DIM and _kernel_dtype(keys.dtype) is not None
+          and available())
 
 
 def cached_attention(q, k, v, keys, values, slots, mask):

@@ -25,16 +25,18 @@ def _bf16(rng, *shape):
 
 
 def test_pack_round_trips_and_refuses_shapes_it_cannot_take():
-  w = jnp.arange(8 * 64, dtype=jnp.float32).reshape(8, 64)
+  w = jnp.arange(128 * 6, dtype=jnp.float32).reshape(128, 6)
   p = cpu_gemv.pack(w)
-  assert p.shape == (2, 2, cpu_gemv.ROW_BLOCK, 32)
-  np.testing.assert_array_equal(np.asarray(p[1, 0, 2]), np.asarray(w[6, :32]))  # row 4 + 2, first piece
+  assert p.shape == (2, 3, 64, 2)
+  np.testing.assert_array_equal(np.asarray(p[1, 2, 5]), np.asarray(w[64 + 5, 4:6]))  # row 64 + 5, third pair
   np.testing.assert_array_equal(np.asarray(cpu_gemv.unpack(p)), np.asarray(w))
-  assert cpu_gemv.packable(w) and not cpu_gemv.packable(w[:7]) and not cpu_gemv.packable(w[:, :48])
+  assert [cpu_gemv.pack(w[:n]).shape[2] for n in (96, 48)] == [32, 16]
+  assert cpu_gemv.packable(w) and not cpu_gemv.packable(w[:7]) and not cpu_gemv.packable(w[:, :5])
 
 
-@pytest.mark.parametrize("n,k,dtype", [(68, 96, jnp.bfloat16), (4100, 576, jnp.bfloat16), (36, 1536, jnp.bfloat16),
-                                       (4100, 576, jnp.float32)])
+# every block width (64, 32, 16 rows), a K that is not a multiple of 32, and the fp32 weights
+@pytest.mark.parametrize("n,k,dtype", [(80, 96, jnp.bfloat16), (96, 34, jnp.bfloat16), (4160, 576, jnp.bfloat16),
+                                       (48, 1536, jnp.bfloat16), (4160, 576, jnp.float32), (96, 34, jnp.float32)])
 def test_matmul_equals_the_exact_product_for_every_row_count(n, k, dtype):
   rng = np.random.default_rng(n)
   w = _bf16(rng, n, k).astype(dtype)
@@ -51,14 +53,14 @@ def test_matmul_equals_the_exact_product_for_every_row_count(n, k, dtype):
 
 def test_matmul_runs_inside_loops_and_conditionals():
   rng = np.random.default_rng(1)
-  w, x = cpu_gemv.pack(_bf16(rng, 300, 64)), _bf16(rng, 2, 64)
+  w, x = cpu_gemv.pack(_bf16(rng, 304, 64)), _bf16(rng, 2, 64)
 
   @jax.jit
   def f(x, w):
     def body(i, acc):
       y = jax.lax.cond(i % 2 == 0, lambda: cpu_gemv.matmul(x, w), lambda: -cpu_gemv.matmul(x, w))
       return acc + y
-    return jax.lax.fori_loop(0, 3, body, jnp.zeros((2, 300), jnp.float32))
+    return jax.lax.fori_loop(0, 3, body, jnp.zeros((2, 304), jnp.float32))
 
   np.testing.assert_array_equal(np.asarray(f(x, w)), np.asarray(cpu_gemv.matmul(x, w)))
 
