@@ -32,7 +32,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from specdistill_jax import models  # noqa: E402
-from specdistill_jax.evaluate import step_seconds  # noqa: E402
+from specdistill_jax.evaluate import step_seconds_by_tokens  # noqa: E402
 from specdistill_jax.models import backend_layout, cpu_gemv, import_gguf  # noqa: E402
 from studylib import best_seconds, replace_json_rows  # noqa: E402
 
@@ -44,6 +44,18 @@ def read_bandwidth(megabytes: int = 256) -> float:
   big = jnp.ones(megabytes * 1024 * 1024 // 4, jnp.float32)
   total = jax.jit(lambda x: x.sum())
   return big.nbytes / best_seconds(lambda: total(big), repeats=7)
+
+
+def kernel_read_bandwidth(megabytes: int = 256) -> float | None:
+  """Bytes per second of the decode kernel's one-row matmul over `megabytes` of packed bf16 weights
+  (best of 7; the read rate a one-token pass can reach), or None where the kernel is unavailable."""
+  if not cpu_gemv.available():
+    return None
+  k = 4096
+  w = cpu_gemv.pack(jnp.zeros((megabytes * 1024 * 1024 // (2 * k), k), jnp.bfloat16))
+  x = jnp.ones((1, k), jnp.bfloat16)
+  dot = jax.jit(cpu_gemv.matmul)
+  return w.nbytes / best_seconds(lambda: dot(x, w), repeats=7)
 
 
 def param_bytes(model) -> int:
@@ -67,7 +79,8 @@ def main(argv=None):
   args = p.parse_args(argv)
   if not os.path.exists(os.path.join(args.model, "config.json")):
     import_gguf.import_gguf(args.model)
-  bw = read_bandwidth()
+  bw_xla, bw_kernel = read_bandwidth(), kernel_read_bandwidth()
+  bw = max(bw_xla, bw_kernel or 0.0)
   ks = [int(k) for k in args.ks.split(",")]
   rows, lines = [], []
   skipped = []
@@ -78,10 +91,10 @@ def main(argv=None):
     model = backend_layout.for_decoding(models.load_hf(args.model, dtype=jnp.dtype(dtype)), layout)
     nbytes = param_bytes(model)
     limit = nbytes / bw
-    one = None
+    times = step_seconds_by_tokens(model, 1, args.cache, (1, *ks), steps=args.steps, repeats=7)
+    one = times[1]
     for k in ks:
-      sec = step_seconds(model, 1, args.cache, steps=args.steps, repeats=5, tokens=k)
-      one = sec if k == 1 else one
+      sec = times[k]
       rows.append(dict(model=args.name, dtype=dtype, layout=layout, tokens=k, ms=round(sec * 1e3, 3),
                        limit_ms=round(limit * 1e3, 3)))
       lines.append(f"| {dtype} | {layout} | {k} | {sec * 1e3:.1f} | {limit * 1e3:.1f} | {limit / sec:.2f} | "
@@ -97,9 +110,14 @@ def main(argv=None):
       f"--json {os.path.relpath(args.json, ROOT)}`", "",
       f"Machine: {backend_layout.describe_cpu()}, {os.cpu_count()} CPU cores, jax "
       f"{jax.__version__} ({jax.devices()[0].platform}). Model: {args.name} (converted by specdistill_jax.models.import_gguf). Read "
-      f"bandwidth measured in this run: {bw / 1e9:.1f} GB/s (XLA reduction over 256 MB).", "",
+      f"bandwidth measured in this run: {bw / 1e9:.1f} GB/s, the better of an XLA reduction over 256 MB of fp32 "
+      f"({bw_xla / 1e9:.1f} GB/s) and the decode kernel's one-row matmul over 256 MB of bf16 weights ("
+      + (f"{bw_kernel / 1e9:.1f} GB/s" if bw_kernel else "unavailable here") + ").", "",
       "limit = bytes of the parameters in that dtype / bandwidth (every weight is read once per "
-      "forward); fraction = limit / measured; v(k) = ms(k) / ms(1). "
+      "forward); fraction = limit / measured; v(k) = ms(k) / ms(1), the token counts of a layout timed "
+      "in 7 interleaved rounds (evaluate.step_seconds_by_tokens: best round each). A fraction above 1: "
+      "the pass read its weights faster than the probes did (this host's read rate drifts by 10-30% "
+      "within a run; 31-38 GB/s for the kernel's probe across sizes and shapes). "
       f"Cache: {args.cache} slots, a quarter full (attention reads the smallest of 128, 256, ... slots "
       "that holds the filled ones: layers.attend_cache)." + skip_note, "",
       "| dtype | layout | tokens k | ms per forward | limit ms | fraction of the limit | v(k) |",

@@ -4,6 +4,7 @@
   same prompts -> alpha, tau, tokens/s of both, the measured speedup, the
   cost ratio c and the theoretical speedup (1 - a^(g+1)) / ((1 - a)(g c + 1));
 * `cost_ratio`: c = draft step time / target step time (cached one-token steps);
+  `step_seconds_by_tokens`: cached passes of several token counts timed in interleaved rounds;
   `round_seconds`: one proposal round of any drafter (gamma steps, or one block pass);
 * `target_log_likelihood`: mean log p_target(output token | prefix) (lossy-SD quality);
 * `json_exact_match`: fraction of outputs whose JSON equals the reference JSON;
@@ -102,20 +103,31 @@ def step_seconds(model, batch: int, cache_size: int, steps: int = 32, repeats: i
   tokens=1 is a decode step; tokens=gamma+1 is a verification pass. The cache starts a
   quarter full and `steps` is capped so the forwards fit in it.
   """
+  return step_seconds_by_tokens(model, batch, cache_size, (tokens,), steps, repeats)[tokens]
+
+
+def step_seconds_by_tokens(model, batch: int, cache_size: int, tokens: Sequence[int], steps: int = 32,
+                           repeats: int = 5) -> dict:
+  """`step_seconds` of several token counts -> {tokens: seconds}, timed in interleaved rounds (each
+  round times every count once; the best round of each is kept), so that ratios such as
+  v(k) = seconds[k] / seconds[1] compare passes timed under the same machine conditions (this
+  CPU's speed drifts by 10-30% over seconds: a shared host's memory bandwidth)."""
   start = cache_size // 4
-  steps = max(1, min(steps, (cache_size - start) // tokens))
   graphdef, state = nnx.split(model)
-  run = _step_program(graphdef, steps)
-  cache = model.init_cache(batch, cache_size).with_lengths(
-      jnp.full((batch,), start, jnp.int32))
-  token = jnp.zeros((batch, tokens), jnp.int32)
-  jax.block_until_ready(run(state, cache, token))
-  best = float("inf")
+  runs = {}
+  for k in dict.fromkeys(tokens):
+    n = max(1, min(steps, (cache_size - start) // k))
+    cache = model.init_cache(batch, cache_size).with_lengths(jnp.full((batch,), start, jnp.int32))
+    runs[k] = (_step_program(graphdef, n), cache, jnp.zeros((batch, k), jnp.int32), n)
+    for _ in range(2):  # compile, then the new executable's slower first run
+      jax.block_until_ready(runs[k][0](state, *runs[k][1:3]))
+  best = {k: float("inf") for k in runs}
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(state, cache, token))
-    best = min(best, time.perf_counter() - t0)
-  return best / steps
+    for k, (run, cache, token, n) in runs.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(run(state, cache, token))
+      best[k] = min(best[k], (time.perf_counter() - t0) / n)
+  return best
 
 
 def cost_ratio(target, draft, batch: int = 1, cache_size: int = 256) -> float:

@@ -54,3 +54,14 @@ def test_round_seconds_measures_a_proposal_round_of_every_kind_of_draft():
     for gamma in (1, 3):
       assert 0 < evaluate.round_seconds(d, gamma, 64, rounds=2, repeats=1) < 60
   assert [proposer.passes_per_round(d, 3) for d in drafts] == [3, 3, 3, 1]
+
+
+def test_step_seconds_by_tokens_times_every_count_and_fits_the_cache():
+  """Interleaved timing of several pass widths (v(k) = seconds[k] / seconds[1]): one entry per
+  distinct count, each a positive time per pass, including a width that fits the cache's free
+  slots only once (the step count is capped, not run past the cache)."""
+  model = tiny()
+  times = evaluate.step_seconds_by_tokens(model, 1, 64, (1, 4, 4, 48), steps=8, repeats=2)
+  assert sorted(times) == [1, 4, 48]
+  assert all(0 < t < 60 for t in times.values())
+  assert 0 < evaluate.step_seconds(model, 1, 64, steps=4, repeats=1, tokens=2) < 60

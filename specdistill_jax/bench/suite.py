@@ -167,9 +167,10 @@ def run_suite(target_dir: str, draft_dir: str, sets: Sequence[str], methods: Seq
     ids = suites.encode(chat, prompts, max_prompt_tokens)
     cats = [p.category for p in prompts]
     cache = max(map(len, ids)) + max_new_tokens + 64
-    step = evaluate.step_seconds(target, 1, cache)
+    passes = evaluate.step_seconds_by_tokens(target, 1, cache, (1, *sorted({m.verified for m in methods})))
+    step = passes[1]
     c = evaluate.round_seconds(draft, 1, cache) / step
-    v = {k: evaluate.step_seconds(target, 1, cache, tokens=k) / step for k in sorted({m.verified for m in methods})}
+    v = {k: passes[k] / step for k in sorted({m.verified for m in methods})}
     rounds = {(m.drafter, m.gamma): sum(evaluate.round_seconds(drafters[d], m.gamma, cache)
                                         for d in m.drafter.split("+")) / step
               for m in methods if m.tree is None}

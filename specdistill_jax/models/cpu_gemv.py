@@ -18,7 +18,7 @@ keyed by the source, jax's version and the CPU, and registered as an XLA FFI cus
 `available()` is False, and decoding keeps XLA's dots, where the CPU lacks avx512_bf16, the
 backend is not the CPU, no compiler is found or the build fails (the reason: `unavailable_reason()`).
 Only `models/layers.py` calls them (`mm_left` for the fused-layout weights, `Attention.cached`
-for the cache), for a model that `models/backend_layout.py` put in the `kernel` layout.
+for the cache, with the rotary embedding of q and k done in the kernel), for a model that `models/backend_layout.py` put in the `kernel` layout.
 
 The attention kernel: XLA:CPU spends ~150 us per layer on a one-token attention over a few
 hundred cached slots (the mask, the bucket switch, transposes of the cache slice, softmax) and
@@ -116,7 +116,10 @@ def packable(w) -> bool:
 
 def block_rows(n: int) -> int:
   """Rows per block of `pack` for N rows: 64, 32 or 16, the largest that divides N."""
-  return next(b for b in (64, 32, ROW_BLOCK) if n % b == 0)
+  for b in (64, 32, ROW_BLOCK):
+    if n % b == 0:
+      return b
+  raise ValueError(f"cpu_gemv.pack: {n} rows is not a multiple of {ROW_BLOCK} (check `packable` first)")
 
 
 def pack(w):
@@ -160,27 +163,39 @@ def matmul(x, w_packed):
 
 
 def attention_applies(q, keys) -> bool:
-  """True if `cached_attention` runs q [B, T, H, D] against this cache (T <= MAX_ATTENTION_ROWS,
-  D <= MAX_HEAD_DIM, a bf16 or fp32 cache)."""
-  return (q.shape[1] <= MAX_ATTENTION_ROWS and q.shape[-1] <= MAX_HEAD_DIM and _kernel_dtype(keys.dtype) is not None
-          and available())
+  """True if the cached attention kernel runs queries q [B, T, H, D] (or the heads [B, T, H + 2 Hkv, D]
+  of `cached_attention_qkv`) against this cache (T <= MAX_ATTENTION_ROWS, D even and <= MAX_HEAD_DIM,
+  a bf16 or fp32 cache)."""
+  return (q.shape[1] <= MAX_ATTENTION_ROWS and q.shape[-1] <= MAX_HEAD_DIM and q.shape[-1] % 2 == 0
+          and _kernel_dtype(keys.dtype) is not None and available())
 
 
-def cached_attention(q, k, v, keys, values, slots, mask):
-  """Write k/v [B, T, Hkv, D] at slots [B, T] of keys/values [B, S, Hkv, D] (slots >= S dropped),
-  then attend q [B, T, H, D] over the slots each query's mask [B, T, S] allows, up to the row's
-  last written slot. Returns (out [B, T, H, D], keys', values'), in the cache's dtype (bf16 or fp32;
-  q, k, v are cast to it); the cache buffers are updated in place where XLA can donate them. Call
-  `attention_applies` first."""
+def cached_attention_qkv(qkv, keys, values, slots, mask, cos, sin, num_heads: int):
+  """The attention of a layer's projected heads qkv [B, T, H + 2 Hkv, D] (q, k, v in turn, before the
+  rotary embedding) over the cache keys/values [B, S, Hkv, D]: q and k rotated by the tables cos/sin
+  [B, T, D] (rope.apply_rotary's arithmetic, fp32, rounded to the cache's dtype), k and v written at
+  slots [B, T] (slots >= S dropped), then each query attends over the slots its mask [B, T, S] allows,
+  up to the row's last written slot. Returns (out [B, T, H, D], keys', values') in the cache's dtype;
+  the cache buffers are updated in place where XLA can donate them. Call `attention_applies` first."""
   if not available():
     raise RuntimeError(f"cpu_gemv is unavailable: {unavailable_reason()}")
   dt = keys.dtype
-  outs = (jax.ShapeDtypeStruct(q.shape, dt), jax.ShapeDtypeStruct(keys.shape, dt),
+  b, t, _, d = qkv.shape
+  outs = (jax.ShapeDtypeStruct((b, t, num_heads, d), dt), jax.ShapeDtypeStruct(keys.shape, dt),
           jax.ShapeDtypeStruct(values.shape, dt))
   call = jax.ffi.ffi_call(_ATTENTION_TARGETS[_kernel_dtype(dt)], outs, vmap_method="sequential",
                           input_output_aliases={3: 1, 4: 2})
-  return call(q.astype(dt), k.astype(dt), v.astype(dt), keys, values, slots.astype(jnp.int32),
-              mask.astype(jnp.bool_))
+  return call(qkv.astype(dt), cos.astype(jnp.float32), sin.astype(jnp.float32), keys, values,
+              slots.astype(jnp.int32), mask.astype(jnp.bool_))
+
+
+def cached_attention(q, k, v, keys, values, slots, mask):
+  """`cached_attention_qkv` of already rotated q [B, T, H, D], k/v [B, T, Hkv, D] (the tables cos = 1,
+  sin = 0 leave them as they are)."""
+  dt = keys.dtype
+  tables = jnp.ones(q.shape[:2] + q.shape[-1:], jnp.float32)
+  qkv = jnp.concatenate([q.astype(dt), k.astype(dt), v.astype(dt)], axis=2)
+  return cached_attention_qkv(qkv, keys, values, slots, mask, tables, jnp.zeros_like(tables), q.shape[2])
 
 
 def rows_applies(table) -> bool:

@@ -288,15 +288,23 @@ class Attention(nnx.Module):
     c, dt = self.config, self.config.jnp_dtype
     sizes = {"q": c.num_heads, "k": c.num_kv_heads, "v": c.num_kv_heads}
     if self.fused:
-      qkv = mm_left(x, self.qkv_t[...], dt, packed=kernel_weight(self, "qkv"))
+      heads = self._project_all(x)
       starts = {"q": 0, "k": c.num_heads, "v": c.num_heads + c.num_kv_heads}
-      out = [qkv[..., starts[n] * c.head_dim:(starts[n] + sizes[n]) * c.head_dim]
-             .reshape(x.shape[:-1] + (sizes[n], c.head_dim)) for n in names]
-    else:
-      out = [mm("btd,dhk->bthk", x, getattr(self, n)[...], dt) for n in names]
+      return [heads[..., starts[n]:starts[n] + sizes[n], :] for n in names]
+    out = [mm("btd,dhk->bthk", x, getattr(self, n)[...], dt) for n in names]
     if c.qkv_bias:
       out = [y + getattr(self, f"{n}_bias")[...].astype(dt) for y, n in zip(out, names)]
     return out
+
+  def _project_all(self, x):
+    """The fused layout's q, k and v heads of x [B,T,in] as one [B, T, H + 2 Hkv, hd] array, bias
+    added, before the rotary embedding."""
+    c = self.config
+    heads = mm_left(x, self.qkv_t[...], c.jnp_dtype, packed=kernel_weight(self, "qkv"))
+    heads = heads.reshape(x.shape[:-1] + (c.num_heads + 2 * c.num_kv_heads, c.head_dim))
+    if c.qkv_bias:
+      heads = heads + jnp.concatenate([getattr(self, f"{n}_bias")[...] for n in ("q", "k", "v")]).astype(heads.dtype)
+    return heads
 
   def _project(self, x, positions):
     q, k, v = self.project_heads(x)
@@ -344,12 +352,16 @@ class Attention(nnx.Module):
     Returns (out, keys', values').
     """
     slots = positions if slots is None else slots
-    q, k, v = self._project(x, positions)
     if mask is None:
       mask = kvc.cached_attention_mask(positions, keys.shape[1], self.window)
-    if uses_kernel(self) and cpu_gemv.attention_applies(q, keys):
-      out, keys, values = cpu_gemv.cached_attention(q, k, v, keys, values, slots, mask)
-      return self._output(out), keys, values
+    if uses_kernel(self):
+      heads = self._project_all(x)
+      if cpu_gemv.attention_applies(heads, keys):  # rotary embedding, cache write and attention in one call
+        cos, sin = rope.rotary_tables(self.config, positions)
+        out, keys, values = cpu_gemv.cached_attention_qkv(heads, keys, values, slots, mask, cos, sin,
+                                                          self.config.num_heads)
+        return self._output(out), keys, values
+    q, k, v = self._project(x, positions)
     keys = kvc.scatter_rows(keys, k, slots)
     values = kvc.scatter_rows(values, v, slots)
     used = jnp.max(slots) + 1  # every slot a query may see was written at or before this call's slots

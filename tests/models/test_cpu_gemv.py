@@ -179,6 +179,32 @@ def test_cached_attention_writes_the_cache_and_attends_over_what_each_query_may_
   np.testing.assert_array_equal(np.asarray(one), np.asarray(out[:, -1:]))
 
 
+def test_cached_attention_qkv_applies_the_rotary_embedding_like_rope():
+  """The layer's call: q/k/v heads before the rotary embedding, rotated in the kernel. The keys it
+  writes equal rope.apply_rotary's (up to one bf16 rounding: XLA may fuse the multiply-add), the
+  values are copied, and each query attends like the fp64 attention of the rotated q and keys. A
+  rotation by the wrong half, sign or table row moves keys by O(1)."""
+  from specdistill_jax.models import kv_cache as kvc, rope
+  rng = np.random.default_rng(11)
+  b, t, h, hkv, d, size = 2, 5, 9, 3, 64, 40
+  heads = _bf16(rng, b, t, h + 2 * hkv, d)
+  keys, values = _bf16(rng, b, size, hkv, d), _bf16(rng, b, size, hkv, d)
+  config = models.preset("tiny", 97, head_dim=d, num_heads=h, num_kv_heads=hkv)
+  positions = jnp.asarray([[3, 4, 5, 6, 7], [30, 31, 32, 33, 34]], jnp.int32)
+  cos, sin = rope.rotary_tables(config, positions)
+  slots = positions
+  mask = kvc.cached_attention_mask(slots, size)
+  out, keys2, values2 = jax.jit(cpu_gemv.cached_attention_qkv, static_argnums=7)(
+      heads, keys, values, slots, mask, cos, sin, h)
+  q, k, v = heads[:, :, :h], heads[:, :, h:h + hkv], heads[:, :, h + hkv:]
+  want_keys = np.asarray(kvc.scatter_rows(keys, rope.apply_rotary(k, cos, sin), slots), np.float64)
+  np.testing.assert_allclose(np.asarray(keys2, np.float64), want_keys, rtol=2.0 ** -8, atol=1e-30)
+  np.testing.assert_array_equal(np.asarray(values2), np.asarray(kvc.scatter_rows(values, v, slots)))
+  exact = _attention_reference(rope.apply_rotary(q, cos, sin), keys2, values2, np.asarray(mask))
+  err = np.abs(np.asarray(out, np.float64) - exact)
+  assert np.all(err <= 2 * 2.0 ** -8 * np.abs(exact) + 64 * EPS32 * np.abs(np.asarray(values2, np.float64)).max())
+
+
 def test_cached_attention_updates_a_loop_carried_cache():
   """Tokens written step by step inside a fori_loop (the decode loop's carry: XLA aliases the
   buffers) are each seen by the next step, as in the same steps run one call at a time."""
