@@ -139,7 +139,7 @@ def main(argv=None):
                  help="decode this MT-Bench turn-1 prompt (needs no prepared data); default: the first "
                       "sharegpt_chat validation prompt, as results/sd_round_profile.md")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  p.add_argument("--layout", default="standard", choices=("auto", "standard", "fused"),
+  p.add_argument("--layout", default="standard", choices=backend_layout.LAYOUTS,
                  help="parameter layout of both models (models/backend_layout.py)")
   p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "sd_round_profile.md"))
   args = p.parse_args(argv)

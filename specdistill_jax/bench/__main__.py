@@ -18,6 +18,7 @@ DEFAULTS_OUT = os.path.join("experiments", "results", "decode_benchmark.md")
 
 def parser() -> argparse.ArgumentParser:
   from specdistill_jax.data import suites
+  from specdistill_jax.models import backend_layout
   from specdistill_jax.models import import_gguf
   p = argparse.ArgumentParser(prog="python -m specdistill_jax.bench", description=__doc__.splitlines()[0])
   p.add_argument("--target", default=import_gguf.default_out_dir(), help="target model directory (with tokenizer)")
@@ -44,8 +45,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--hf_gamma", type=int, default=None, help="gamma of transformers' assisted generation")
   p.add_argument("--pair", default=None, help="name of the pair in the results (default: the two dir names)")
   p.add_argument("--max_prompt_tokens", type=int, default=1024)
-  p.add_argument("--layout", default="auto", choices=("auto", "standard", "fused"),
-                 help="parameter layout for decoding (models/backend_layout.py; auto: fused for bf16 on a CPU with AMX, else standard)")
+  p.add_argument("--layout", default="auto", choices=backend_layout.LAYOUTS,
+                 help="parameter layout for decoding (models/backend_layout.py; auto: kernel where its AVX512-BF16 "
+                      "kernels build, else fused for bf16 on a CPU with AMX, else standard)")
   p.add_argument("--out", default=DEFAULTS_OUT)
   p.add_argument("--json", default=os.path.join("experiments", "results", "decode_benchmark.json"))
   return p

@@ -17,8 +17,8 @@ Which one is faster depends on the CPU's matrix unit, so `auto` decides per mach
 (`python experiments/bench_target.py` times both layouts in one run; its 1-token bf16 pass):
 
 * Intel Xeon with AMX (amx_bf16), bf16: standard 40.7 ms, fused 24.1 ms (fp32: 33.8 / 39.9);
-* AMD EPYC without AMX (avx512_bf16), bf16: standard 25.7 ms, fused 33.1 ms, kernel 12.6 ms
-  (fp32: standard 25.6 / fused 28.5 / kernel 19.6; experiments/results/target_benchmark.md, one run).
+* AMD EPYC without AMX (avx512_bf16), bf16: standard 30.1 ms, fused 33.4 ms, kernel 9.6 ms
+  (fp32: standard 27.2 / fused 31.4 / kernel 13.2; experiments/results/target_benchmark.md, one run).
 
 `auto` is therefore `kernel` for a bf16 or fp32 model on a CPU where the kernels build
 (avx512_bf16 and a C++ compiler), else `fused` for a bf16 (or narrower) model on a CPU with AMX,
