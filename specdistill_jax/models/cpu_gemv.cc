@@ -197,16 +197,23 @@ ffi::Error Gemv(ffi::ThreadPool pool, ffi::Buffer<T> x, ffi::Buffer<T> w, ffi::R
 // mask[b, t, s] allows: scores = q . key (bf16 products, fp32 sums) * D^-1/2, an fp32 softmax,
 // out = sum_s p_s value_s in fp32, rounded to bf16. Each query is computed by the same
 // instructions whatever T is (a k-token verification gives the one-token step's numbers) and
-// reads only the filled prefix of the cache. Work items (b, t, kv head) are split like the
-// matmul's chunks when there is enough of it.
+// reads only the filled prefix of the cache.
 //
-// Vectorised over slots: the scores of 16 slots (one vector of q . key partial sums per slot,
-// then a transposing reduction tree) come out as one vector, the softmax's exp runs on 16 lanes
-// (exp16), the values of the filled slots are converted to fp32 once per kv head, and the
-// values' sum keeps the query's output in registers. Against one horizontal add and one scalar
-// exp per slot and query, 30 layers of the real target's attention (9 heads, 3 kv heads, 64
-// dims, ~200 filled slots of 512) took 3.3 instead of 5.6-7.0 ms for 16 new tokens and 1.25
-// instead of 1.7-2.2 ms for 5 (/tmp microbenchmark in a fori_loop, this CPU, 2 threads).
+// Scores and values as small matrix products. A work item is (row b, kv head, a chunk of the new
+// tokens): its query rows (the chunk's tokens x the kv head's group of query heads) against the
+// slots the row filled. The item's keys are transposed once into tiles of 16 slots x the head's
+// input pairs (bf16: a 32-bit pair per lane, fp32: one element per lane), so that one vdpbf16ps
+// (fp32: one FMA) adds a pair's products for 16 slots against the query's pair broadcast, and up
+// to kRowBlock query rows share each load of a tile: no horizontal sums. The softmax's exp runs
+// on 16 lanes (exp16); out = sum_s p_s value_s runs per 16-element piece of the head with the
+// value piece loaded once for the block's rows. A slot's score sums the head's pairs in order in
+// its lane and an output sums the slots in order, so every query gets the same numbers whatever
+// T, the chunking or the rows beside it are. Against the previous kernel (one query per item,
+// 16 slots' partial sums reduced by a transposing tree, values converted per query token), the
+// attention of the real target's 16-token pass (30 layers, 128 of 512 slots filled) took 2.3-2.6
+// instead of 3.9 ms in jax.profiler traces, and the whole pass 18.4-19.3 instead of 20.8-24.2 ms
+// (9 tokens: 13.4-13.8 instead of 14.3-16.4) in alternating processes (this CPU, 2 threads). The
+// keys are transposed by 16 x 16 register transposes (vpgatherdd was 70% of an item here).
 constexpr int64_t kMaxHeadDim = 256;  // cpu_gemv.MAX_HEAD_DIM
 
 inline __m512 load16(const uint16_t* p, __mmask16 live = 0xffff) {  // bf16 -> fp32 (exact); dead lanes 0
@@ -216,59 +223,6 @@ inline __m512 load16(const float* p, __mmask16 live = 0xffff) { return _mm512_ma
 
 inline __mmask16 lanes16(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
 inline __mmask32 lanes32(int64_t n) { return n >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << n) - 1); }
-
-// A query head held in registers (DC 16-element pieces): lanes whose sum is q . key, bf16
-// products (exact) summed in fp32 by vdpbf16ps, or fp32 FMAs; the same instructions for every
-// query and slot. Elements past d read as 0.
-template <int DC, typename E>
-struct Query;
-template <int DC>
-struct Query<DC, uint16_t> {
-  static constexpr int kPieces = (DC + 1) / 2;  // 32 bf16 each
-  __m512bh q[kPieces];
-  __mmask32 tail;
-  Query(const uint16_t* x, int64_t d) : tail(lanes32(d - (kPieces - 1) * 32)) {
-    for (int i = 0; i < kPieces; ++i) q[i] = (__m512bh)_mm512_maskz_loadu_epi16(i + 1 < kPieces ? ~0u : tail, x + i * 32);
-  }
-  __m512 partial(const uint16_t* key) const {
-    __m512 acc = _mm512_setzero_ps();
-    for (int i = 0; i < kPieces; ++i)
-      acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_maskz_loadu_epi16(i + 1 < kPieces ? ~0u : tail, key + i * 32), q[i]);
-    return acc;
-  }
-};
-template <int DC>
-struct Query<DC, float> {
-  __m512 q[DC];
-  __mmask16 tail;
-  Query(const float* x, int64_t d) : tail(lanes16(d - (DC - 1) * 16)) {
-    for (int i = 0; i < DC; ++i) q[i] = load16(x + i * 16, i + 1 < DC ? 0xffff : tail);
-  }
-  __m512 partial(const float* key) const {
-    __m512 acc = _mm512_setzero_ps();
-    for (int i = 0; i < DC; ++i) acc = _mm512_fmadd_ps(load16(key + i * 16, i + 1 < DC ? 0xffff : tail), q[i], acc);
-    return acc;
-  }
-};
-
-// Lane i = the sum of v[i]'s lanes, for 16 vectors: halves, quarters, pairs and lanes added in a
-// tree (46 instructions for 16 sums), the order of each sum fixed.
-inline __m512 reduce16(const __m512* v) {
-  __m512 a[8], c[4], d[2];
-  for (int i = 0; i < 8; ++i)  // 256-bit halves: [v2i lo+hi | v2i+1 lo+hi]
-    a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
-                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
-  for (int i = 0; i < 4; ++i)  // 128-bit block j of c[i]: 4 partial sums of v[4i + j]
-    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x88),
-                         _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xDD));
-  for (int i = 0; i < 2; ++i)  // per block: [c2i 0+2, c2i+1 0+2, c2i 1+3, c2i+1 1+3]
-    d[i] = _mm512_add_ps(_mm512_unpacklo_ps(c[2 * i], c[2 * i + 1]), _mm512_unpackhi_ps(c[2 * i], c[2 * i + 1]));
-  // lane 4j + m: the sum of v[4m + j]
-  const __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(1, 0, 1, 0)),
-                                 _mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(3, 2, 3, 2)));
-  const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-  return _mm512_permutexvar_ps(order, e);
-}
 
 // exp of the live lanes (0 elsewhere) for x <= 0 (scores minus their maximum): Cody-Waite
 // reduction by ln 2 and cephes' degree-6 polynomial for expf (~1 ulp), scaled by 2^n.
@@ -316,87 +270,176 @@ struct AttnWork {
   const int32_t* slots;
   const bool* mask;
   E* out;
-  int64_t b, t, h, hkv, s, d;
+  int64_t b, t, h, hkv, s, d, chunks, tc;  // chunks of tc tokens per (row, kv head)
   std::vector<E> rotated;  // the queries after the rotary embedding, [B, T, H, D]
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
 };
 
-// One work item (b, t, kv head): its group of query heads against the slots the row filled;
-// DC = 16-element pieces of a head. The values of those slots are converted to fp32 once and
-// shared by the group's heads.
-template <int DC, typename E>
-void attend_item(const AttnWork<E>& w, int64_t item) {
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  const int64_t kh = item % w.hkv, bt = item / w.hkv, b = bt / w.t;
-  int64_t used = 0;
-  for (int64_t j = 0; j < w.t; ++j) {
-    const int64_t slot = w.slots[b * w.t + j] + 1;
-    used = slot > used ? slot : used;
+constexpr int kRowBlock = 8;  // query rows sharing each load of a key tile or a value piece
+
+// One 32-bit unit of a key (bf16: an input pair, fp32: an element) for 16 slots, times the query's
+// unit broadcast, added to the slots' scores.
+inline __m512 dot_unit(__m512 acc, __m512i keys, const uint16_t* q) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)keys, (__m512bh)_mm512_set1_epi32(*(const int32_t*)q));
+}
+inline __m512 dot_unit(__m512 acc, __m512i keys, const float* q) {
+  return _mm512_fmadd_ps(_mm512_castsi512_ps(keys), _mm512_set1_ps(*q), acc);
+}
+
+// Scores (scaled, -inf where hidden) of R query rows against every tile; each row's maximum.
+template <int R, typename E>
+void score_rows(const E* const* q, const __m512i* keyt, const __mmask16* live, int64_t tiles, int64_t units,
+                __m512 scale, float* probs, float* most) {
+  constexpr int kPer = std::is_same_v<E, float> ? 1 : 2;  // elements per unit
+  __m512 top[R];
+  for (int r = 0; r < R; ++r) top[r] = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    const __m512i* kt = keyt + tile * units;
+    for (int64_t u = 0; u < units; ++u) {
+      const __m512i k = _mm512_load_si512(kt + u);
+      _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r] = dot_unit(acc[r], k, q[r] + u * kPer);
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m512 sc = _mm512_mask_mov_ps(_mm512_set1_ps(-std::numeric_limits<float>::infinity()),
+                                           live[r * tiles + tile], _mm512_mul_ps(acc[r], scale));
+      _mm512_storeu_ps(probs + (r * tiles + tile) * 16, sc);
+      top[r] = _mm512_max_ps(top[r], sc);
+    }
   }
-  used = used < w.s ? used : w.s;
-  const int64_t group = w.h / w.hkv, d = w.d, tiles = (used + 15) / 16;
-  const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(float(d)));
-  // per-thread scratch, grown once: no allocation per layer and token
-  thread_local std::vector<float> probs, vals;
-  thread_local std::vector<__mmask16> live;
-  probs.resize(tiles * 16 + 16);
-  vals.resize(used * DC * 16 + 16);
-  live.resize(tiles + 1);
-  const bool* mrow = w.mask + bt * w.s;
-  const int64_t stride = w.hkv * d;
-  const E* kbase = w.keys + (b * w.s * w.hkv + kh) * d;
-  const E* vbase = w.values + (b * w.s * w.hkv + kh) * d;
-  for (int64_t tile = 0; tile < tiles; ++tile)
-    live[tile] = _mm_test_epi8_mask(_mm_maskz_loadu_epi8(lanes16(used - tile * 16), mrow + tile * 16), _mm_set1_epi8(1));
-  for (int64_t s = 0; s < used; ++s)
-    for (int c = 0; c < DC; ++c) _mm512_storeu_ps(vals.data() + (s * DC + c) * 16, load16(vbase + s * stride + c * 16, lanes16(d - c * 16)));
-  for (int64_t g = 0; g < group; ++g) {
-    const Query<DC, E> query(w.q + (bt * w.h + kh * group + g) * d, d);
-    __m512 top = _mm512_set1_ps(kNegInf);
-    for (int64_t tile = 0; tile < tiles; ++tile) {
-      const int64_t s0 = tile * 16, n = std::min<int64_t>(16, used - s0);
-      __m512 part[16];
-      for (int64_t j = 0; j < 16; ++j) part[j] = j < n ? query.partial(kbase + (s0 + j) * stride) : _mm512_setzero_ps();
-      const __m512 sc = _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), live[tile], _mm512_mul_ps(reduce16(part), scale));
-      _mm512_storeu_ps(probs.data() + s0, sc);
-      top = _mm512_max_ps(top, sc);
+  for (int r = 0; r < R; ++r) most[r] = _mm512_reduce_max_ps(top[r]);
+}
+
+// out[r] = inv[r] * sum_s p[r][s] value_s for R rows, one 16-element piece of the head at a time.
+template <int R, typename E>
+void weigh_values(const float* const* p, const float* inv, const E* vbase, int64_t stride, int64_t used,
+                  int64_t d, E* const* out) {
+  for (int64_t c = 0; c < d; c += 16) {
+    const __mmask16 lanes = lanes16(d - c);
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t s = 0; s < used; ++s) {
+      const __m512 v = load16(vbase + s * stride + c, lanes);
+      _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[r][s]), v, acc[r]);
     }
-    const float most = _mm512_reduce_max_ps(top);
-    __m512 acc[DC];
-    for (int c = 0; c < DC; ++c) acc[c] = _mm512_setzero_ps();
-    float inv = 0.f;  // no visible slot: out = 0
-    if (most > kNegInf) {
-      __m512 sum = _mm512_setzero_ps();
-      for (int64_t tile = 0; tile < tiles; ++tile) {
-        const __m512 p = exp16(_mm512_sub_ps(_mm512_loadu_ps(probs.data() + tile * 16), _mm512_set1_ps(most)), live[tile]);
-        _mm512_storeu_ps(probs.data() + tile * 16, p);
-        sum = _mm512_add_ps(sum, p);
-      }
-      inv = 1.0f / _mm512_reduce_add_ps(sum);
-      // a hidden slot's p is 0 and adds 0 (values are finite)
-      for (int64_t s = 0; s < used; ++s) {
-        const __m512 p = _mm512_set1_ps(probs[s]);
-        for (int c = 0; c < DC; ++c) acc[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vals.data() + (s * DC + c) * 16), acc[c]);
-      }
-    }
-    E* out = w.out + (bt * w.h + kh * group + g) * d;
-    for (int c = 0; c < DC; ++c) store16(out + c * 16, _mm512_mul_ps(acc[c], _mm512_set1_ps(inv)), lanes16(d - c * 16));
+    for (int r = 0; r < R; ++r) store16(out[r] + c, _mm512_mul_ps(acc[r], _mm512_set1_ps(inv[r])), lanes);
   }
 }
 
 template <typename E, int... I>
-constexpr auto attend_items(std::integer_sequence<int, I...>) {
-  return std::array<void (*)(const AttnWork<E>&, int64_t), sizeof...(I)>{&attend_item<I + 1, E>...};
+constexpr auto row_blocks(std::integer_sequence<int, I...>) {
+  struct Fns {
+    std::array<decltype(&score_rows<1, E>), sizeof...(I)> score{&score_rows<I + 1, E>...};
+    std::array<decltype(&weigh_values<1, E>), sizeof...(I)> weigh{&weigh_values<I + 1, E>...};
+  };
+  return Fns{};
+}
+
+// 16 rows of 16 32-bit lanes -> out[c] = column c (lane j: row j's element c).
+inline void transpose16(const __m512i* r, __m512i* out) {
+  __m512i a[16], b[16];
+  for (int i = 0; i < 8; ++i) {
+    a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    b[4 * i + 0] = _mm512_unpacklo_epi64(a[4 * i + 0], a[4 * i + 2]);
+    b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i + 0], a[4 * i + 2]);
+    b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+    b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 4; ++j) {
+      a[8 * i + j] = _mm512_shuffle_i32x4(b[8 * i + j], b[8 * i + 4 + j], 0x88);
+      a[8 * i + 4 + j] = _mm512_shuffle_i32x4(b[8 * i + j], b[8 * i + 4 + j], 0xdd);
+    }
+  for (int j = 0; j < 8; ++j) {
+    out[j] = _mm512_shuffle_i32x4(a[j], a[8 + j], 0x88);
+    out[8 + j] = _mm512_shuffle_i32x4(a[j], a[8 + j], 0xdd);
+  }
+}
+
+// One work item (b, kv head, chunk of tokens): its query rows against the slots row b filled.
+template <typename E>
+void attend_item(const AttnWork<E>& w, int64_t item) {
+  static constexpr auto kBlocks = row_blocks<E>(std::make_integer_sequence<int, kRowBlock>{});
+  const int64_t kh = item % w.hkv, chunk = (item / w.hkv) % w.chunks, b = item / (w.hkv * w.chunks);
+  const int64_t t0 = chunk * w.tc, t1 = std::min(w.t, t0 + w.tc);
+  if (t0 >= t1) return;
+  int64_t used = 0;
+  for (int64_t j = 0; j < w.t; ++j) used = std::max<int64_t>(used, w.slots[b * w.t + j] + 1);
+  used = std::min(used, w.s);
+  const int64_t group = w.h / w.hkv, d = w.d, rows = (t1 - t0) * group, tiles = (used + 15) / 16;
+  const int64_t units = d * int64_t(sizeof(E)) / 4, stride = w.hkv * d;
+  // per-thread scratch, grown once: no allocation per layer and token
+  thread_local std::vector<__m512i> keyt;
+  thread_local std::vector<float> probs;
+  thread_local std::vector<__mmask16> live;
+  keyt.resize(tiles * units);
+  probs.resize(rows * tiles * 16 + 16);
+  live.resize(rows * tiles + 1);
+  const E* kbase = w.keys + (b * w.s * w.hkv + kh) * d;
+  const E* vbase = w.values + (b * w.s * w.hkv + kh) * d;
+  const int64_t stride_units = stride * int64_t(sizeof(E)) / 4;
+  for (int64_t tile = 0; tile < tiles; ++tile) {  // keys -> [tile][unit][16 slots]; unfilled slots 0
+    const int32_t* base = reinterpret_cast<const int32_t*>(kbase + tile * 16 * stride);
+    const int64_t filled = std::min<int64_t>(16, used - tile * 16);
+    for (int64_t c = 0; c < units; c += 16) {
+      const __mmask16 cols = lanes16(units - c);
+      __m512i rows16[16], t[16];
+      for (int64_t j = 0; j < 16; ++j)
+        rows16[j] = j < filled ? _mm512_maskz_loadu_epi32(cols, base + j * stride_units + c) : _mm512_setzero_si512();
+      transpose16(rows16, t);
+      for (int64_t j = 0; j < 16 && c + j < units; ++j) keyt[tile * units + c + j] = t[j];
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool* mrow = w.mask + (b * w.t + t0 + r / group) * w.s;
+    for (int64_t tile = 0; tile < tiles; ++tile)
+      live[r * tiles + tile] = _mm_test_epi8_mask(_mm_maskz_loadu_epi8(lanes16(used - tile * 16), mrow + tile * 16),
+                                                  _mm_set1_epi8(1));
+  }
+  const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(float(d)));
+  float most[kRowBlock], inv[kRowBlock];
+  const E* q[kRowBlock];
+  const float* p[kRowBlock];
+  E* out[kRowBlock];
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+    const int64_t n = std::min<int64_t>(kRowBlock, rows - r0);
+    for (int64_t r = 0; r < n; ++r) {  // row r0 + r: token t0 + (r0 + r) / group, head kh * group + (r0 + r) % group
+      const int64_t head = (b * w.t + t0 + (r0 + r) / group) * w.h + kh * group + (r0 + r) % group;
+      q[r] = w.q + head * d;
+      out[r] = w.out + head * d;
+      p[r] = probs.data() + (r0 + r) * tiles * 16;
+    }
+    kBlocks.score[n - 1](q, keyt.data(), live.data() + r0 * tiles, tiles, units, scale, probs.data() + r0 * tiles * 16, most);
+    for (int64_t r = 0; r < n; ++r) {
+      inv[r] = 0.f;  // no visible slot: out = 0 (every p is 0 below)
+      float* pr = probs.data() + (r0 + r) * tiles * 16;
+      __m512 sum = _mm512_setzero_ps();
+      const bool any = most[r] > -std::numeric_limits<float>::infinity();
+      for (int64_t tile = 0; tile < tiles; ++tile) {
+        const __m512 e = any ? exp16(_mm512_sub_ps(_mm512_loadu_ps(pr + tile * 16), _mm512_set1_ps(most[r])),
+                                     live[(r0 + r) * tiles + tile])
+                             : _mm512_setzero_ps();
+        _mm512_storeu_ps(pr + tile * 16, e);
+        sum = _mm512_add_ps(sum, e);
+      }
+      if (any) inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
+    }
+    // a hidden slot's p is 0 and adds 0 (values are finite)
+    kBlocks.weigh[n - 1](p, inv, vbase, stride, used, d, out);
+  }
 }
 
 template <typename E>
 void attend_drain(AttnWork<E>& w, int64_t items) {
-  static constexpr auto kItems = attend_items<E>(std::make_integer_sequence<int, kMaxHeadDim / 16>{});
   for (;;) {
     const int64_t c = w.next.fetch_add(1, std::memory_order_relaxed);
     if (c >= items) return;
-    kItems[(w.d + 15) / 16 - 1](w, c);
+    attend_item(w, c);
     w.done.fetch_add(1, std::memory_order_release);
   }
 }
@@ -441,12 +484,16 @@ ffi::Error Attend(ffi::ThreadPool pool, ffi::Buffer<T> qkv, ffi::Buffer<ffi::F32
   w->mask = mask.typed_data();
   w->out = reinterpret_cast<E*>(out->untyped_data());
   w->b = B; w->t = T_; w->h = H; w->hkv = Hkv; w->s = S; w->d = D;
-  const int64_t items = B * T_ * Hkv;
+  w->chunks = 1;
   int64_t helpers = 0;
   if (B * T_ * H * S * D >= (int64_t(1) << 18)) {  // small work: one thread beats waking the pool
     helpers = pool.num_threads() - 1;
-    if (helpers > items - 1) helpers = items - 1;
+    const int64_t want = 2 * (helpers + 1);  // items: two per thread, where there are tokens for them
+    w->chunks = std::min<int64_t>(T_, std::max<int64_t>(1, (want + B * Hkv - 1) / (B * Hkv)));
   }
+  w->tc = (T_ + w->chunks - 1) / w->chunks;
+  const int64_t items = B * Hkv * w->chunks;
+  if (helpers > items - 1) helpers = items - 1;
   for (int64_t i = 0; i < helpers; ++i) pool.Schedule([w, items] { attend_drain(*w, items); });
   attend_drain(*w, items);
   while (w->done.load(std::memory_order_acquire) < items) _mm_pause();
