@@ -1,8 +1,9 @@
 """The decode kernels for B=1 decoding on CPUs with AVX512-BF16 (cpu_gemv.cc), in bf16 and fp32.
 
-Three kernels: the small-M matmul (`matmul`), the cached attention of a few new tokens with the
-cache write fused in (`cached_attention`), and the embedding's row gather of a bf16 table (`rows`:
-XLA:CPU runs a bf16 gather in fp32 and converts the whole table for it, once per decode call).
+Three kernels: the matmul of a decode step's few token rows, or of a prefill's (`matmul`), the
+cached attention of a few new tokens with the cache write fused in (`cached_attention`), and the
+embedding's row gather of a bf16 table (`rows`: XLA:CPU runs a bf16 gather in fp32 and converts
+the whole table for it, once per decode call).
 
 XLA:CPU runs a bf16 dot of a few token rows against a weight matrix at 0.3-0.5 of the memory
 bandwidth on such a CPU (`python ../shared/bench/xla_cpu_dots.py`); decoding is such dots. This
@@ -45,7 +46,7 @@ _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_gemv.cc"
 _TARGETS = {"bfloat16": "specdistill_cpu_gemv_bf16", "float32": "specdistill_cpu_gemv_f32"}
 _ATTENTION_TARGETS = {"bfloat16": "specdistill_cpu_attention_bf16", "float32": "specdistill_cpu_attention_f32"}
 _ROWS_TARGET = "specdistill_cpu_rows_bf16"
-MAX_ROWS = 16  # token rows the kernel takes (cpu_gemv.cc takes up to 32); more: XLA's dot is faster
+MAX_ROWS = 4096  # token rows per call (a prefill's too; kMaxM in cpu_gemv.cc); more: XLA's dot
 ROW_BLOCK = 16  # `pack` takes weights whose row count is a multiple of this (blocks of 64, 32 or 16 rows)
 MAX_ATTENTION_ROWS = 32  # new tokens per row; a prefill's attention is XLA's (batched dots win there)
 MAX_HEAD_DIM = 256  # the attention kernel's largest head (kMaxHeadDim in cpu_gemv.cc)

@@ -128,7 +128,8 @@ def mm_left(x, w_t, dtype, out_dtype=None, packed=None):
   it is the other way round; `python experiments/bench_target.py` times both layouts). One
   row runs as two (the matrix-vector dot is ~10x slower), as in `mm`. packed: w_t packed for
   models/cpu_gemv.py (the `kernel` layout's copy, `kernel_weight`): products of up to
-  cpu_gemv.MAX_ROWS rows run in its kernel; longer ones (a prefill) are XLA's dot of w_t.
+  cpu_gemv.MAX_ROWS rows (a decode step's or a prefill's) run in its kernel; longer ones are
+  XLA's dot of w_t.
   """
   lead = x.shape[:-1]
   x2 = x.reshape(-1, x.shape[-1]).astype(dtype)
