@@ -10,15 +10,16 @@ Two layouts hold the same values (a third, `kernel`, is `fused` with its bf16 do
   weights as the left operand (`layers.mm_left`).
 * `kernel`: the fused weights plus a packed copy of each (blocks of 64 rows, input pairs in turn:
   `cpu_gemv.pack` via `layers.set_packed`; the layout holds the weights twice) from which `models/cpu_gemv.py` runs
-  their bf16 or fp32 dots of up to 16 token rows, and its cached attention of up to 32 new
-  tokens (AVX512-BF16, built on first use), instead of XLA's ops; a prefill's longer dots stay XLA's.
+  their bf16 or fp32 dots (a decode step's few token rows and a prefill's, up to 4096), and its
+  cached attention of up to 32 new tokens (AVX512-BF16, built on first use), instead of XLA's ops;
+  a longer prefill's attention stays XLA's.
 
 Which one is faster depends on the CPU's matrix unit, so `auto` decides per machine and dtype
 (`python experiments/bench_target.py` times both layouts in one run; its 1-token bf16 pass):
 
 * Intel Xeon with AMX (amx_bf16), bf16: standard 40.7 ms, fused 24.1 ms (fp32: 33.8 / 39.9);
-* AMD EPYC without AMX (avx512_bf16), bf16: standard 30.1 ms, fused 33.4 ms, kernel 9.6 ms
-  (fp32: standard 27.2 / fused 31.4 / kernel 13.2; experiments/results/target_benchmark.md, one run).
+* AMD EPYC without AMX (avx512_bf16), bf16: standard 25.3 ms, fused 33.1 ms, kernel 9.5 ms
+  (fp32: standard 28.0 / fused 27.8 / kernel 13.0; experiments/results/target_benchmark.md, one run).
 
 `auto` is therefore `kernel` for a bf16 or fp32 model on a CPU where the kernels build
 (avx512_bf16 and a C++ compiler), else `fused` for a bf16 (or narrower) model on a CPU with AMX,
