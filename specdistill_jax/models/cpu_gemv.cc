@@ -224,7 +224,6 @@ inline __m512 load16(const uint16_t* p, __mmask16 live = 0xffff) {  // bf16 -> f
 inline __m512 load16(const float* p, __mmask16 live = 0xffff) { return _mm512_maskz_loadu_ps(live, p); }
 
 inline __mmask16 lanes16(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
-inline __mmask32 lanes32(int64_t n) { return n >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << n) - 1); }
 
 // exp of the live lanes (0 elsewhere) for x <= 0 (scores minus their maximum): Cody-Waite
 // reduction by ln 2 and cephes' degree-6 polynomial for expf (~1 ulp), scaled by 2^n.
@@ -406,7 +405,7 @@ void attend_item(const AttnWork<E>& w, int64_t item) {
   const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(float(d)));
   float most[kRowBlock], inv[kRowBlock];
   const E* q[kRowBlock];
-  const float* p[kRowBlock];
+  float* p[kRowBlock];  // the rows' scores, then their exp
   E* out[kRowBlock];
   for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
     const int64_t n = std::min<int64_t>(kRowBlock, rows - r0);
@@ -419,7 +418,7 @@ void attend_item(const AttnWork<E>& w, int64_t item) {
     kBlocks.score[n - 1](q, keyt.data(), live.data() + r0 * tiles, tiles, units, scale, probs.data() + r0 * tiles * 16, most);
     for (int64_t r = 0; r < n; ++r) {
       inv[r] = 0.f;  // no visible slot: out = 0 (every p is 0 below)
-      float* pr = probs.data() + (r0 + r) * tiles * 16;
+      float* pr = p[r];
       __m512 sum = _mm512_setzero_ps();
       const bool any = most[r] > -std::numeric_limits<float>::infinity();
       for (int64_t tile = 0; tile < tiles; ++tile) {
