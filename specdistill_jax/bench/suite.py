@@ -118,8 +118,8 @@ def release_programs() -> None:
   import jax
 
   from specdistill_jax.sampling import autoregressive, speculative
-  speculative._program.cache_clear()
-  autoregressive._program.cache_clear()
+  speculative.clear_programs()
+  autoregressive.clear_programs()
   jax.clear_caches()
 
 

@@ -1,9 +1,10 @@
 """Autoregressive decoding: `generate`, the baseline every speedup is measured against.
 
-One jitted program per (model, shapes, settings): prefill all prompts but their last
-token with one cached forward (ragged rows at their own lengths), feed each row's last
-prompt token as a one-token step, then a `lax.while_loop` of cached one-token steps on
-device. The last prompt token goes through a decode-sized pass as in speculative decoding
+Two compiled programs: the prefill (per model and prompt width) reads all prompts but
+their last token with one cached forward (ragged rows at their own lengths) and feeds each
+row's last prompt token as a one-token step; the decode loop (per model, settings and
+cache size, whatever the prompt's width) is a `lax.while_loop` of cached one-token steps
+on device. The last prompt token goes through a decode-sized pass as in speculative decoding
 (sampling/speculative.py prefills the same prefix and verifies from that token): the
 target then computes the same numbers in both, so greedy SD equals greedy AR wherever the
 target's passes are row-count invariant (the bf16 `kernel` layout, models/cpu_gemv.py),
@@ -57,17 +58,30 @@ def last_valid(logits: jax.Array, lengths: jax.Array) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=64)
-def _program(graphdef, max_new_tokens: int, cache_size: int, greedy: bool,
-             top_k: Optional[int], top_p: Optional[float], eos_ids: tuple, pad_id: int):
+def _prefill_program(graphdef, cache_size: int):
+  """The prompts but their last token in one cached forward, then that token as a one-token
+  step: (cache, next-token logits [B, V]). Compiled per prompt width; the loop is not."""
 
-  def run(state, tokens, lengths, rng, temperature):
+  def run(state, tokens, lengths):
     model = nnx.merge(graphdef, state)
-    b = tokens.shape[0]
-    cache = models.init_cache(model.config, b, cache_size)
+    cache = models.init_cache(model.config, tokens.shape[0], cache_size)
     prefix = lengths - 1
     _, cache, _ = model.forward_cached(tokens, cache, num_valid=prefix, logits_at=prefix[:, None])  # logits unused
     logits, cache, _ = model.forward_cached(jnp.take_along_axis(tokens, prefix[:, None], axis=1), cache)
-    init = _LoopState(step=jnp.int32(0), cache=cache, logits=logits[:, 0], rng=rng,
+    return cache, logits[:, 0]
+
+  return CompiledProgram(run)
+
+
+@functools.lru_cache(maxsize=64)
+def _program(graphdef, max_new_tokens: int, cache_size: int, greedy: bool,
+             top_k: Optional[int], top_p: Optional[float], eos_ids: tuple, pad_id: int):
+  """The decode loop from a prefilled cache: compiled once per settings and cache size."""
+
+  def run(state, cache, logits, rng, temperature):
+    model = nnx.merge(graphdef, state)
+    b = logits.shape[0]
+    init = _LoopState(step=jnp.int32(0), cache=cache, logits=logits, rng=rng,
                       out=jnp.full((b, max_new_tokens), pad_id, jnp.int32),
                       n_out=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), jnp.bool_))
 
@@ -89,6 +103,12 @@ def _program(graphdef, max_new_tokens: int, cache_size: int, greedy: bool,
   return CompiledProgram(run)
 
 
+def clear_programs() -> None:
+  """Drop the compiled prefill and decode-loop programs."""
+  _prefill_program.cache_clear()
+  _program.cache_clear()
+
+
 def generate_batch(model, prompts, max_new_tokens: int, temperature: float = 0.0, rng=None,
                    top_k: Optional[int] = None, top_p: Optional[float] = None, lengths=None,
                    cache_size: Optional[int] = None) -> Generation:
@@ -103,12 +123,15 @@ def generate_batch(model, prompts, max_new_tokens: int, temperature: float = 0.0
   size = check_cache(tokens.shape[1], max_new_tokens, 0, config.max_seq_len, cache_size, "decode")
   key = as_key(rng)
   graphdef, state = nnx.split(model)
+  prefill = _prefill_program(graphdef, size)
   program = _program(graphdef, int(max_new_tokens), size, temperature == 0.0, top_k, top_p,
                      config.eos_token_ids, config.pad_token_id)
-  args = placement.place_inputs(state, tokens, lens, key, jnp.float32(max(temperature, 1e-6)))
+  tokens, lens, key, temp = placement.place_inputs(state, tokens, lens, key, jnp.float32(max(temperature, 1e-6)))
   t0 = time.perf_counter()
-  (out, n_out), compile_s = program(state, *args)
+  (cache, logits), compile_prefill = prefill(state, tokens, lens)
+  (out, n_out), compile_loop = program(state, cache, logits, key, temp)
   jax.block_until_ready(out)
+  compile_s = compile_prefill + compile_loop
   return Generation(out, n_out, time.perf_counter() - t0 - compile_s, compile_s)
 
 

@@ -1,6 +1,9 @@
 """Speculative decoding: `speculative_generate(target, draft, prompts, ...) -> (out, stats)`.
 
-The whole decode is one jitted `lax.while_loop`. Each round, per row, runs the four
+A decode is two compiled programs: the prefill (`_prefill_program`, per prompt width,
+shared by every method of a target and its drafters) and one `lax.while_loop` over
+rounds (`_program`, per method and cache size, whatever the prompt's width), so a
+prompt set of many widths compiles the loop once. Each round, per row, runs the four
 named steps of sampling/rounds.py (a chain's or a tree's):
   1. propose: the draft feeds its pending tokens, then proposes G = gamma tokens
      (`lax.scan` over cached one-token steps, or one pass of a block drafter);
@@ -82,13 +85,44 @@ class _State:
   counters: _Counters
 
 
+@flax.struct.dataclass
+class _Prefilled:
+  """The prompt read by the target and every drafter: what the round loop starts from."""
+
+  target_cache: models.KVCache
+  draft_caches: tuple
+  hidden: tuple  # per drafter: the pending token's hidden input [B, 1, D] (feature drafts) or None
+  last_token: jax.Array  # [B]: each prompt's last token, fed at the first verification
+
+
+@functools.lru_cache(maxsize=64)
+def _prefill_program(target_def, draft_defs: tuple, cache_size: int):
+  """Prefill: the target and every drafter read the prompt but its last token. Compiled per prompt
+  width (a 16-token bucket) and shared by every gamma, tree and temperature; the round loop
+  (`_program`) does not depend on the prompt's width, so it compiles once per method."""
+
+  def run(target_state, draft_states, tokens, lengths):
+    target = nnx.merge(target_def, target_state)
+    drafts = tuple(nnx.merge(d, s) for d, s in zip(draft_defs, draft_states))
+    layers = proposer.feature_layers(drafts)
+    prefix = lengths - 1
+    cache = models.init_cache(target.config, tokens.shape[0], cache_size)
+    t_out = target.forward_cached(tokens, cache, prefix, feature_layers=layers)
+    read = [proposer.prefill(d, tokens, prefix, cache_size, t_out.features, layers) for d in drafts]
+    return _Prefilled(t_out.cache, tuple(c for c, _ in read), tuple(h for _, h in read),
+                      jnp.take_along_axis(tokens, prefix[:, None], axis=1)[:, 0])
+
+  return CompiledProgram(run)
+
+
 @functools.lru_cache(maxsize=64)
 def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size: int, greedy: bool,
              lenience_kind: Optional[str], eos_ids: tuple, pad_id: int,
              score_fn: Optional[Callable], route_on_current: bool, spec: Optional[tree_lib.TreeSpec]):
-  """gamma: drafts on the longest path of a round (a tree's depth when `spec` is set)."""
+  """The round loop from a `_Prefilled` state. gamma: drafts on the longest path of a round (a
+  tree's depth when `spec` is set)."""
 
-  def run(target_state, draft_states, tokens, lengths, rng, temperature, eps):
+  def run(target_state, draft_states, prefilled, rng, temperature, eps):
     drafts = tuple(nnx.merge(d, s) for d, s in zip(draft_defs, draft_states))
     ctx = rounds.RoundContext(nnx.merge(target_def, target_state), drafts, proposer.feature_layers(drafts),
                               proposer.pending_width(drafts, gamma, spec is not None), gamma, greedy, temperature,
@@ -112,28 +146,30 @@ def _program(target_def, draft_defs: tuple, max_new: int, gamma: int, cache_size
                     _count(s.counters, verdict, emitted, active, max_new - s.n_out, eos_ids))
 
     final = jax.lax.while_loop(lambda s: ~jnp.all(s.done) & (s.counters.rounds < max_new), body,
-                               _initial_state(ctx, tokens, lengths, rng, max_new))
+                               _initial_state(ctx, prefilled, rng, max_new))
     return final.out[:, :max_new], final.n_out, final.counters
 
   return CompiledProgram(run)
 
 
-def _initial_state(ctx: rounds.RoundContext, tokens, lengths, rng, max_new: int) -> _State:
-  """Prefill: the target and every drafter read the prompt but its last token (`last_token`)."""
-  b, k, gamma = tokens.shape[0], ctx.num_drafts, ctx.gamma
-  prefix = lengths - 1
-  last_token = jnp.take_along_axis(tokens, prefix[:, None], axis=1)[:, 0]
-  t_out = ctx.target.forward_cached(tokens, models.init_cache(ctx.target.config, b, ctx.cache_size), prefix,
-                                    feature_layers=ctx.layers)
-  prefilled = [proposer.prefill(d, tokens, prefix, ctx.cache_size, t_out.features, ctx.layers) for d in ctx.drafts]
-  hiddens = tuple(None if h is None else jnp.pad(h, ((0, 0), (0, ctx.width - 1), (0, 0))) for _, h in prefilled)
+def clear_programs() -> None:
+  """Drop the compiled prefill and round-loop programs (a test that patches a round helper; a
+  benchmark releasing a finished set's executables)."""
+  _prefill_program.cache_clear()
+  _program.cache_clear()
+
+
+def _initial_state(ctx: rounds.RoundContext, p: _Prefilled, rng, max_new: int) -> _State:
+  """The loop's state before the first round: every drafter's pending token is the prompt's last."""
+  b, k, gamma = p.last_token.shape[0], ctx.num_drafts, ctx.gamma
+  hiddens = tuple(None if h is None else jnp.pad(h, ((0, 0), (0, ctx.width - 1), (0, 0))) for h in p.hidden)
   zeros_b = jnp.zeros((b,), jnp.int32)
   counters = _Counters(jnp.int32(0), zeros_b, zeros_b, zeros_b, zeros_b, jnp.zeros((gamma,), jnp.int32),
                        jnp.zeros((gamma,), jnp.int32), jnp.zeros((gamma + 1,), jnp.int32), jnp.float32(0.0),
                        jnp.zeros((k,), jnp.int32), jnp.int32(0))
-  pending = jnp.zeros((b, ctx.width), jnp.int32).at[:, 0].set(last_token)
-  return _State(t_out.cache, tuple(p[0] for p in prefilled), (pending,) * k, (jnp.ones((b,), jnp.int32),) * k,
-                hiddens, last_token, jnp.full((b, max_new + gamma + 1), ctx.pad_id, jnp.int32), zeros_b,
+  pending = jnp.zeros((b, ctx.width), jnp.int32).at[:, 0].set(p.last_token)
+  return _State(p.target_cache, tuple(p.draft_caches), (pending,) * k, (jnp.ones((b,), jnp.int32),) * k,
+                hiddens, p.last_token, jnp.full((b, max_new + gamma + 1), ctx.pad_id, jnp.int32), zeros_b,
                 jnp.zeros((b,), jnp.bool_), rng, jnp.zeros((b, k)), counters)
 
 
@@ -258,15 +294,18 @@ def run_speculative(target, drafts, prompts, max_new_tokens: int, gamma: int, te
                                              tree.depth + 1 + (tree.depth - 1) * tree.top_k)
   size = check_cache(tokens.shape[1], max_new_tokens, extra, max_len, cache_size, "verification")
   t_def, t_state = nnx.split(target)
-  splits = [nnx.split(d) for d in drafts]
-  program = _program(t_def, tuple(s[0] for s in splits), int(max_new_tokens), int(gamma), size,
+  d_defs, d_states = zip(*(nnx.split(d) for d in drafts))
+  prefill = _prefill_program(t_def, d_defs, size)
+  program = _program(t_def, d_defs, int(max_new_tokens), int(gamma), size,
                      temperature == 0.0, len_[0] if len_ else None, cfg.eos_token_ids,
                      cfg.pad_token_id, score_fn, route_on_current, tree)
-  args = placement.place_inputs(t_state, tokens, lens, key,
-                                jnp.float32(max(temperature, 1e-6)), jnp.float32(len_[1] if len_ else 1.0))
+  tokens, lens, *rest = placement.place_inputs(t_state, tokens, lens, key, jnp.float32(max(temperature, 1e-6)),
+                                               jnp.float32(len_[1] if len_ else 1.0))
   t0 = time.perf_counter()
-  (out, n_out, counters), compile_s = program(t_state, tuple(s[1] for s in splits), *args)
+  prefilled, compile_prefill = prefill(t_state, d_states, tokens, lens)
+  (out, n_out, counters), compile_loop = program(t_state, d_states, prefilled, *rest)
   jax.block_until_ready(out)
+  compile_s = compile_prefill + compile_loop
   wall = time.perf_counter() - t0 - compile_s
   out, n_out = placement.to_host(out, n_out)
   passes = sum(proposer.passes_per_round(d, int(gamma)) for d in drafts)

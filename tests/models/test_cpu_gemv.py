@@ -81,13 +81,13 @@ def test_rows_gathers_the_embedding_without_converting_the_table():
 
 
 def _decode_hlo(model) -> str:
-  """The optimised HLO of greedy `generate`'s program for one 4-token prompt."""
+  """The optimised HLO of greedy `generate`'s decode loop after one 4-token prompt."""
   from flax import nnx
   graphdef, state = nnx.split(model)
+  (cache, logits), _ = sampling.autoregressive._prefill_program(graphdef, 32)(
+      state, jnp.asarray([[1, 2, 3, 4]], jnp.int32), jnp.asarray([4], jnp.int32))
   program = sampling.autoregressive._program(graphdef, 8, 32, True, None, None, (), 0)
-  args = (state, jnp.asarray([[1, 2, 3, 4]], jnp.int32), jnp.asarray([4], jnp.int32), jax.random.PRNGKey(0),
-          jnp.float32(1.0))
-  return program._jit.lower(*args).compile().as_text()
+  return program._jit.lower(state, cache, logits, jax.random.PRNGKey(0), jnp.float32(1.0)).compile().as_text()
 
 
 def _bf16_target():

@@ -108,6 +108,6 @@ def after_first_token(out, prompt, target, new=3):
 def with_bug(monkeypatch, module, name, value):
   """Patch a sampling helper for one test; compiled decoding programs are dropped before and after."""
   from specdistill_jax.sampling import speculative
-  speculative._program.cache_clear()
+  speculative.clear_programs()
   monkeypatch.setattr(module, name, value)
-  return speculative._program.cache_clear  # call at the end (the patch itself is undone by pytest)
+  return speculative.clear_programs  # call at the end (the patch itself is undone by pytest)

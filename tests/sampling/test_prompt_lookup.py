@@ -131,7 +131,7 @@ def test_a_round_without_a_match_is_a_one_token_pass(monkeypatch):
   widths, verify = [], rounds._verify
   monkeypatch.setattr(rounds, "_verify", lambda ctx, s, tokens, **kw: widths.append(tokens.shape[1])
                       or verify(ctx, s, tokens, **kw))
-  speculative._program.cache_clear()  # trace the round here
+  speculative.clear_programs()  # trace the round here
   target = tiny(eos=(5,))
   prompt = [[10, 11, 12, 13, 14, 15, 16, 17]]
   out, stats = sampling.speculative_generate(target, sampling.prompt_lookup(), prompt, 1, gamma=4)

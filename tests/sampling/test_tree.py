@@ -81,11 +81,11 @@ def test_deterministic_top_k_children_are_not_exact(monkeypatch):
   target, a, _ = _vocab8()
   top_k_children = tree_lib._children
   monkeypatch.setattr(tree_lib, "_children", lambda key, logq, k, greedy: top_k_children(key, logq, k, True))
-  speculative._program.cache_clear()
+  speculative.clear_programs()
   try:
     samples, _ = _first_two(target, [a], sampling.TreeSpec(2, 3, 5))
   finally:
-    speculative._program.cache_clear()
+    speculative.clear_programs()
   assert chi_square_pvalue(samples, exact_joint(target, [1, 2, 3])) < FALSE_ALARM
 
 
