@@ -168,7 +168,7 @@ def _initial_state(ctx: rounds.RoundContext, p: _Prefilled, rng, max_new: int) -
                        jnp.zeros((gamma,), jnp.int32), jnp.zeros((gamma + 1,), jnp.int32), jnp.float32(0.0),
                        jnp.zeros((k,), jnp.int32), jnp.int32(0))
   pending = jnp.zeros((b, ctx.width), jnp.int32).at[:, 0].set(p.last_token)
-  return _State(p.target_cache, tuple(p.draft_caches), (pending,) * k, (jnp.ones((b,), jnp.int32),) * k,
+  return _State(p.target_cache, p.draft_caches, (pending,) * k, (jnp.ones((b,), jnp.int32),) * k,
                 hiddens, p.last_token, jnp.full((b, max_new + gamma + 1), ctx.pad_id, jnp.int32), zeros_b,
                 jnp.zeros((b,), jnp.bool_), rng, jnp.zeros((b, k)), counters)
 
