@@ -74,7 +74,7 @@ def sample_from_probs(key: jax.Array, probs: jax.Array) -> jax.Array:
   rest = jnp.clip(u - before, 0.0, within[:, -1:] * (1 - 1e-7))
   i = jnp.sum(within <= rest, axis=-1)
   # an all-zero row (no entry can be drawn) would give j = the block count: stay inside the
-  # vocabulary; callers that can meet such rows check the mass themselves (tree._children)
+  # vocabulary; callers that can meet such rows check the mass themselves
   return jnp.minimum(j * _BLOCK + i, v - 1).astype(jnp.int32).reshape(lead)
 
 

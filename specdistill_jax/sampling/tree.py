@@ -76,7 +76,7 @@ from specdistill_jax.sampling import proposer
 from specdistill_jax.sampling.autoregressive import last_valid
 
 _TIE = 1e-6
-_MIN_MASS = 1e-30  # a child scores strictly below its parent, and later siblings below earlier ones
+_MIN_REST = 1e-6  # less of q's mass left than this: no further child (fp32 rounds 1 - drawn at ~1e-7)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,25 +132,30 @@ def window_mask(base: jax.Array, visible: jax.Array, size: int) -> jax.Array:
 
 
 def _children(key, logq, k: int, greedy: bool):
-  """k children per row of logq [B, P, V]: tokens [B,P,k] in drawing order, rank scores, ok."""
+  """k children per row of logq [B, P, V]: tokens [B,P,k] in drawing order, rank scores, ok.
+
+  Sampled children are k draws without replacement, drawn at once by Gumbel-top-k: the order of
+  log q + Gumbel noise is distributed as sequential draws without replacement (Plackett-Luce;
+  Kool et al. 2019), so the i-th child ~ q with the earlier children removed, renormalised, as
+  the walk's tests assume. One perturbed top_k over the vocabulary: the sequential loop it
+  replaces (draw, zero the drawn entry, draw again) cost 13.7 ms for one row of the real
+  target's 49k vocabulary on 2 cores (XLA:CPU fused it badly), this 0.6 ms.
+  """
   est, top = jax.lax.top_k(logq, k)
   ok = est > dist.NEG_INF / 2
   if greedy:
-    tokens = top.astype(jnp.int32)
-  else:
-    probs = jnp.exp(logq)
-    draws, left = [], []
-    for key_i in jax.random.split(key, k):  # without replacement: zero each draw, draw again
-      # once the support is used up (a sharp q: fewer than k tokens of non-zero fp32 mass; below
-      # _MIN_MASS, where u * total loses its precision, counts as none) there is no child to draw:
-      # the slot is invalid and holds the top token, an id inside the vocabulary
-      mass = probs.sum(-1) > _MIN_MASS
-      x = jnp.where(mass, dist.sample_from_probs(key_i, probs), top[..., 0])
-      draws.append(x)
-      left.append(mass)
-      probs = jnp.where(jax.nn.one_hot(x, probs.shape[-1], dtype=jnp.bool_), 0.0, probs)
-    tokens = jnp.stack(draws, axis=-1)
-    ok = jnp.stack(left, axis=-1) & (jnp.take_along_axis(logq, tokens, axis=-1) > dist.NEG_INF / 2)
+    return top.astype(jnp.int32), est, ok
+  probs = jnp.exp(logq)
+  # a token of zero fp32 mass is never drawn: its key is -inf, behind every token of mass > 0
+  keys = jnp.where(probs > 0, logq + jax.random.gumbel(key, logq.shape, jnp.float32), -jnp.inf)
+  tokens = jax.lax.top_k(keys, k)[1].astype(jnp.int32)
+  # once the support is used up (a sharp q: fewer than k tokens of non-zero fp32 mass, or less
+  # than _MIN_REST of q's mass left, within fp32's rounding of 1 - the drawn mass) there is no
+  # child to draw: the slot is invalid (its id is still inside the vocabulary). Which slots are
+  # valid depends only on the earlier children, so the kept children stay a prefix of the order.
+  drawn = jnp.take_along_axis(probs, tokens, axis=-1)  # [B, P, k]
+  rest = 1.0 - (jnp.cumsum(drawn, axis=-1) - drawn)  # q's mass not yet drawn before each child
+  ok = (rest > _MIN_REST) & (drawn > 0)
   return tokens, est, ok
 
 

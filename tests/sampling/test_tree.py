@@ -89,6 +89,28 @@ def test_deterministic_top_k_children_are_not_exact(monkeypatch):
   assert chi_square_pvalue(samples, exact_joint(target, [1, 2, 3])) < FALSE_ALARM
 
 
+def test_sampled_children_are_draws_without_replacement():
+  """_children's first two sampled children follow sequential draws without replacement,
+  P(a, b) = q(a) q(b) / (1 - q(a)), 20000 rows (false-alarm rate 1e-3). Power: the law of two
+  independent draws (given a != b) is rejected. Past q's support a slot is invalid, not a token."""
+  q = np.asarray([0.4, 0.3, 0.15, 0.1, 0.05])
+  n = 20000
+  logq = jnp.broadcast_to(jnp.log(jnp.asarray(q, jnp.float32)), (n, 1, q.size))
+  tokens, _, ok = tree_lib._children(jax.random.PRNGKey(0), logq, 3, greedy=False)
+  assert bool(ok.all())
+  samples = np.asarray(tokens)[:, 0, :2]
+  pairs = [(a, b) for a in range(q.size) for b in range(q.size) if a != b]
+  without = {(a, b): q[a] * q[b] / (1 - q[a]) for a, b in pairs}
+  independent = {(a, b): q[a] * q[b] / (1 - (q ** 2).sum()) for a, b in pairs}
+  assert chi_square_pvalue(samples, without) > FALSE_ALARM
+  assert chi_square_pvalue(samples, independent) < FALSE_ALARM
+  sharp = jnp.log(jnp.asarray([[[0.0, 1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0, 0.0]]], jnp.float32))
+  tokens, _, ok = tree_lib._children(jax.random.PRNGKey(1), jnp.maximum(sharp, -1e30), 3, greedy=False)
+  assert np.asarray(ok).tolist() == [[[True, False, False], [True, True, False]]]
+  assert int(tokens[0, 0, 0]) == 1 and sorted(np.asarray(tokens)[0, 1, :2].tolist()) == [0, 1]
+  assert 0 <= int(tokens.min()) and int(tokens.max()) < 5
+
+
 def test_tree_attention_and_compaction_equal_feeding_the_path():
   """Logits of every tree node == a plain forward of its path; the compacted cache == the path fed."""
   model = tiny(vocab=61)
