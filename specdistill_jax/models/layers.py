@@ -62,8 +62,27 @@ class RMSNorm(nnx.Module):
 
   def __call__(self, x):
     xf = x.astype(jnp.float32)
-    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    xf = xf * jax.lax.rsqrt(fixed_order_sum(xf * xf) / xf.shape[-1] + self.eps)
     return (xf * self.weight[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def fixed_order_sum(x):
+  """Sum over the last axis (kept, size 1) as a balanced tree of elementwise adds: halves added
+  until one column is left (an odd width padded with a zero, which adds exactly).
+
+  Elementwise adds are computed alike however XLA fuses and vectorises them, so every row gets
+  the same sum whatever the number of rows. A reduce does not: XLA:CPU emits a reduction over
+  8 or more rows another way than over fewer, in another order, so a norm's sum (and then some
+  bf16 roundings) would differ between a one-token decode step and an 8-token verification
+  (tests/models/test_cpu_gemv.py). The pairwise order is also more accurate than a sequential one.
+  """
+  while x.shape[-1] > 1:
+    if x.shape[-1] % 2:
+      x = jnp.concatenate([x, jnp.zeros_like(x[..., :1])], axis=-1)
+    half = x.shape[-1] // 2
+    x = x[..., :half] + x[..., half:]
+  # the barrier keeps the tree out of its consumers' fusions: computed once per row, whatever XLA fuses
+  return jax.lax.optimization_barrier(x)
 
 
 def _low_precision_einsum(spec: str, out_dtype=None):
