@@ -28,9 +28,10 @@ PROTOCOL = (
     "target step and r(gamma) = one proposal round of gamma drafts / target step (gamma draft steps; one pass "
     "of a block drafter), measured in this run at the set's cache size; predicted = tau / (r(gamma) + "
     "v(gamma+1)). "
-    "T > 0 is exact rejection sampling; at T=0 SD ids are compared with AR ids on every prompt (equal in "
-    "fp32; in bf16 a k-token pass may round a near-tie differently: such rows are counted and the first "
-    "differing position is given).")
+    "T > 0 is exact rejection sampling; at T=0 SD ids are compared with AR ids on every prompt (the kernel "
+    "layout computes every row of a k-token pass as a one-token pass does, so they are equal; with XLA's dots "
+    "a bf16 k-token pass may round a near-tie differently: such rows are counted and the first differing "
+    "position is given).")
 
 
 def ci_text(ci) -> str:

@@ -105,6 +105,8 @@ def _with_layout(model, layout: str):
     if kernel:
       layers.set_packed(node, True)  # cpu_gemv reads packed copies
     node.cpu_gemv = kernel  # static: read by layers.mm_left's callers at trace time
+  for node in [node for _, node in nnx.iter_graph(model) if isinstance(node, layers.RMSNorm)]:
+    node.cpu_gemv = kernel  # the norms sum in a fixed order with the kernels (layers.fixed_order_sum)
   return model
 
 

@@ -62,7 +62,11 @@ class RMSNorm(nnx.Module):
 
   def __call__(self, x):
     xf = x.astype(jnp.float32)
-    xf = xf * jax.lax.rsqrt(fixed_order_sum(xf * xf) / xf.shape[-1] + self.eps)
+    if uses_kernel(self):  # decoding in the kernel layout: every row summed alike, whatever the row count
+      mean_square = fixed_order_sum(xf * xf) / xf.shape[-1]
+    else:
+      mean_square = jnp.mean(xf * xf, axis=-1, keepdims=True)
+    xf = xf * jax.lax.rsqrt(mean_square + self.eps)
     return (xf * self.weight[...].astype(jnp.float32)).astype(x.dtype)
 
 
@@ -74,7 +78,8 @@ def fixed_order_sum(x):
   the same sum whatever the number of rows. A reduce does not: XLA:CPU emits a reduction over
   8 or more rows another way than over fewer, in another order, so a norm's sum (and then some
   bf16 roundings) would differ between a one-token decode step and an 8-token verification
-  (tests/models/test_cpu_gemv.py). The pairwise order is also more accurate than a sequential one.
+  (tests/models/test_cpu_gemv.py). The kernel layout's norms use it, where the dots and the
+  attention are row-invariant too; training keeps jnp.mean (fewer ops to compile and differentiate).
   """
   while x.shape[-1] > 1:
     if x.shape[-1] % 2:
