@@ -298,19 +298,27 @@ def verify_inputs(forest: Forest, last_token: jax.Array, lengths: jax.Array, siz
 
 
 def accept(key, forest: Forest, target_logits, spec: TreeSpec, greedy: bool, temperature, num_drafters: int):
-  """Walk the forest from the root. -> (n [B], path [B, depth] canonical nodes (-1 pad), t [B])."""
-  log_p = _log_probs(target_logits, greedy, temperature)  # [B, 1+M, V]
+  """Walk the forest from the root. -> (n [B], path [B, depth] canonical nodes (-1 pad), t [B]).
+
+  Greedy: the walk reads only the target's argmax at each node (one reduction per node, as the
+  chain's acceptance and plain decoding take it: the same token on ties), no softmax."""
   keys = jax.random.split(key, target_logits.shape[0])
-  walk = functools.partial(_walk, spec=spec, greedy=greedy, num_drafters=num_drafters)
-  return jax.vmap(walk)(keys, forest, log_p)
+  walk = functools.partial(_walk, spec=spec, num_drafters=num_drafters)
+  if greedy:
+    return jax.vmap(lambda k, f, top: walk(k, f, top=top))(keys, forest, dist.argmax(target_logits))
+  log_p = dist.scaled_log_probs(target_logits, temperature)  # [B, 1+M, V]
+  return jax.vmap(lambda k, f, lp: walk(k, f, log_p=lp))(keys, forest, log_p)
 
 
-def _walk(key, f: Forest, log_p, *, spec: TreeSpec, greedy: bool, num_drafters: int):
-  """One row: (n, path [depth], t)."""
+def _walk(key, f: Forest, *, spec: TreeSpec, num_drafters: int, log_p=None, top=None):
+  """One row: (n, path [depth], t). Greedy (top [1+M]: the target's argmax at the root and at
+  each node) or sampled (log_p [1+M, V]: the target's log-probs at temperature)."""
   siblings = min(f.tokens.shape[0], num_drafters * spec.top_k)  # children of one node, all drafters
-  p_all = jnp.exp(log_p)
+  greedy = top is not None
+  p_all = None if greedy else jnp.exp(log_p)
   canon_parent = jnp.where(f.parent >= 0, f.canon[jnp.maximum(f.parent, 0)], -1)
-  cur, r, n = jnp.int32(-1), p_all[0], jnp.int32(0)
+  cur, n = jnp.int32(-1), jnp.int32(0)
+  r = None if greedy else p_all[0]
   stopped = jnp.bool_(False)
   path = jnp.full((spec.depth,), -1, jnp.int32)
   level_keys = jax.random.split(key, spec.depth + 1)
@@ -319,7 +327,7 @@ def _walk(key, f: Forest, log_p, *, spec: TreeSpec, greedy: bool, num_drafters: 
     cand = jnp.argsort(jnp.where(is_child, f.order, jnp.iinfo(jnp.int32).max))[:siblings]
     cand_ok = is_child[cand]
     if greedy:
-      match = cand_ok & (f.tokens[cand] == dist.argmax(r))
+      match = cand_ok & (f.tokens[cand] == top[1 + cur])  # the root's argmax is top[0]
       chosen = jnp.where(match.any(), cand[jnp.argmax(match)], -1)
     else:
       def test(carry, inputs):
@@ -340,10 +348,11 @@ def _walk(key, f: Forest, log_p, *, spec: TreeSpec, greedy: bool, num_drafters: 
     node = f.canon[jnp.maximum(chosen, 0)]
     path = path.at[level].set(jnp.where(hit, node, -1))
     n = n + hit.astype(jnp.int32)
-    r = jnp.where(hit, p_all[1 + node], r)
+    if not greedy:
+      r = jnp.where(hit, p_all[1 + node], r)
     cur = jnp.where(hit, node, cur)
     stopped = stopped | ~hit
-  t = dist.argmax(r) if greedy else dist.sample_from_probs(level_keys[-1], r)
+  t = top[1 + cur] if greedy else dist.sample_from_probs(level_keys[-1], r)
   return n, path, t
 
 
