@@ -378,7 +378,9 @@ void attend_item(const AttnWork<E>& w, int64_t item) {
   thread_local std::vector<__m512i> keyt;
   thread_local std::vector<float> probs;
   thread_local std::vector<__mmask16> live;
+  thread_local std::vector<float> packed;  // a row's visible exps at consecutive ranks (the denominator)
   keyt.resize(tiles * units);
+  packed.resize(tiles * 16 + 16);
   probs.resize(rows * tiles * 16 + 16);
   live.resize(rows * tiles + 1);
   const E* kbase = w.keys + (b * w.s * w.hkv + kh) * d;
@@ -419,15 +421,38 @@ void attend_item(const AttnWork<E>& w, int64_t item) {
     for (int64_t r = 0; r < n; ++r) {
       inv[r] = 0.f;  // no visible slot: out = 0 (every p is 0 below)
       float* pr = p[r];
-      __m512 sum = _mm512_setzero_ps();
+      const __mmask16* lv = live.data() + (r0 + r) * tiles;
       const bool any = most[r] > -std::numeric_limits<float>::infinity();
-      for (int64_t tile = 0; tile < tiles; ++tile) {
-        const __m512 e = any ? exp16(_mm512_sub_ps(_mm512_loadu_ps(pr + tile * 16), _mm512_set1_ps(most[r])),
-                                     live[(r0 + r) * tiles + tile])
-                             : _mm512_setzero_ps();
+      // The denominator: the i-th visible slot's exp goes to lane i % 16, added in slot order, so
+      // the sum depends only on the visible slots, not on where hidden ones sit between them. A tree
+      // node whose ancestors are not adjacent in the cache then gets the denominator of the same
+      // tokens laid out contiguously (its path as a chain, or one-token steps) bit for bit.
+      // Summing by slot lane instead made a depth-2 node differ from greedy AR in the last bits
+      // (1 of 40 MT-Bench prompts flipped a near-tie). Whole visible tiles at the start are added
+      // as they are (there, visible rank == slot); from the first tile with a hidden slot on, the
+      // visible exps are packed to consecutive ranks first.
+      __m512 sum = _mm512_setzero_ps();
+      int64_t tile = 0, count = 0;
+      for (; any && tile < tiles; ++tile) {
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(pr + tile * 16), _mm512_set1_ps(most[r])), lv[tile]);
         _mm512_storeu_ps(pr + tile * 16, e);
+        if (lv[tile] != 0xffff) {
+          _mm512_mask_compressstoreu_ps(packed.data(), lv[tile], e);
+          count = _mm_popcnt_u32(lv[tile]);
+          ++tile;
+          break;
+        }
         sum = _mm512_add_ps(sum, e);
       }
+      for (; tile < tiles; ++tile) {
+        const __m512 e = any ? exp16(_mm512_sub_ps(_mm512_loadu_ps(pr + tile * 16), _mm512_set1_ps(most[r])), lv[tile])
+                             : _mm512_setzero_ps();
+        _mm512_storeu_ps(pr + tile * 16, e);
+        _mm512_mask_compressstoreu_ps(packed.data() + count, lv[tile], e);
+        count += _mm_popcnt_u32(lv[tile]);
+      }
+      for (int64_t i = 0; i < count; i += 16)
+        sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(lanes16(count - i), packed.data() + i));
       if (any) inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
     }
     // a hidden slot's p is 0 and adds 0 (values are finite)
