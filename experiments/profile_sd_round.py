@@ -1,15 +1,17 @@
 """Where one speculative-decoding round of the real pair goes: jax.profiler trace + XLA's HLO dump.
 
     python experiments/profile_sd_round.py [--target DIR] [--draft DIR|prompt_lookup:3:1] [--gamma 4]
-        [--temperatures 0,1] [--dtype bfloat16] [--layout auto]
+        [--tree DEPTH:TOP_K:NODES] [--temperatures 0,1] [--dtype bfloat16] [--layout auto]
 
 Runs `speculative_generate` on the real pair at B=1 (compiled once, then traced),
 with XLA dumping the optimised HLO of the decode program. Every op the trace
 records (the CPU thunk executor's events, named after HLO instructions) is
 mapped through the HLO's `op_name` metadata to the named scope it was traced in
-(`sampling/speculative.py`: draft_propose, target_verify, accept_and_advance;
-anything else is the loop itself and the prefill). The op kinds inside each
-scope (matmuls, attention, other fusions, copies) come from the instruction.
+(`sampling/rounds.py` and `sampling/speculative.py`: draft_propose, target_verify,
+accept_and_advance; anything else is the loop itself and the prefill). The op kinds
+inside each scope (matmuls, attention, other fusions, copies; in the kernel layout the
+custom calls of models/cpu_gemv.py) come from the instruction. `--tree` profiles a tree
+round (sampling.TreeSpec) instead of a chain of --gamma.
 Writes experiments/results/sd_round_profile.md.
 """
 
@@ -32,7 +34,7 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from specdistill_jax import loading, sampling  # noqa: E402
+from specdistill_jax import decode, loading, sampling  # noqa: E402
 from specdistill_jax.models import backend_layout, import_gguf  # noqa: E402
 from studylib import write_text  # noqa: E402
 
@@ -60,7 +62,14 @@ def hlo_scopes(dump_dir: str) -> dict:
 
 
 def kind(op_name: str, line: str) -> str:
-  """The op's part of the model, from the einsum spec or primitive in its op_name."""
+  """The op's part of the model, from the einsum spec or primitive in its op_name (the kernel
+  layout's custom calls by their target name)."""
+  if "specdistill_cpu_attention" in line:
+    return "attention (kernel)"
+  if "specdistill_cpu_gemv" in line:
+    return "matmuls (kernel: layers and LM head)"
+  if "specdistill_cpu_rows" in line:
+    return "embedding rows (kernel)"
   if "->tv/" in op_name:
     return "LM head"
   if "bkgts" in op_name or "btkgd" in op_name:
@@ -83,11 +92,11 @@ def trace_events(trace_dir: str) -> list[dict]:
   return [e for e in events if e.get("ph") == "X" and "hlo_op" in e.get("args", {})]
 
 
-def profile(target, draft, prompt, gamma, temperature, max_new, dump) -> str:
+def profile(target, draft, prompt, gamma, temperature, max_new, dump, tree=None) -> str:
   """One traced run -> a markdown section (table of ms per round by scope and op kind)."""
   def run():
     return sampling.speculative_generate(target, draft, prompt, max_new, gamma=gamma,
-                                         temperature=temperature, rng=0)
+                                         temperature=temperature, rng=0, tree=tree)
 
   run()  # compile
   with tempfile.TemporaryDirectory() as trace_dir:
@@ -131,8 +140,10 @@ def profile(target, draft, prompt, gamma, temperature, max_new, dump) -> str:
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--target", default=import_gguf.default_out_dir())
-  p.add_argument("--draft", default=os.path.join(ROOT, "workdir", "runs", "real", "layers2", "hf"))
+  p.add_argument("--draft", default=os.path.join("workdir", "runs", "real", "eagle3-cpu", "hf"),
+                 help="a draft directory or prompt_lookup[:max_ngram[:min_ngram]] (default: configs/eagle3.py:cpu's head)")
   p.add_argument("--gamma", type=int, default=4)
+  p.add_argument("--tree", default="", help="DEPTH:TOP_K:NODES: profile a tree round instead of a chain of --gamma")
   p.add_argument("--temperatures", default="0,1")
   p.add_argument("--max_new_tokens", type=int, default=64)
   p.add_argument("--mt_bench_prompt", type=int, default=None,
@@ -162,23 +173,25 @@ def main(argv=None):
     prompt = suites.encode(chat, [suites.mt_bench()[args.mt_bench_prompt]])
     source, pick = f"MT-Bench turn-1 prompt {args.mt_bench_prompt}", f"--mt_bench_prompt {args.mt_bench_prompt} "
 
-  sections = [profile(target, draft, prompt, args.gamma, t, args.max_new_tokens, dump)
+  tree = decode.parse_tree(args.tree) if args.tree else None
+  shape = f"tree {args.tree} (depth:top_k:nodes)" if tree else f"chain gamma {args.gamma}"
+  sections = [profile(target, draft, prompt, args.gamma, t, args.max_new_tokens, dump, tree)
               for t in (float(x) for x in args.temperatures.split(","))]
   text = "\n".join([
       "# Where one speculative-decoding round of the real pair goes", "",
       f"Command: `python experiments/profile_sd_round.py --target {args.target} --draft {args.draft} "
-      f"{pick}--gamma {args.gamma} --temperatures {args.temperatures} --max_new_tokens {args.max_new_tokens} "
+      f"{pick}--gamma {args.gamma} {f'--tree {args.tree} ' if tree else ''}--temperatures {args.temperatures} --max_new_tokens {args.max_new_tokens} "
       f"--dtype {args.dtype} --layout {args.layout} --out {os.path.relpath(args.out, ROOT)}`",
       "",
       f"Target {os.path.basename(os.path.normpath(args.target))}, draft {args.draft}; {args.dtype}, "
       f"{backend_layout.resolve(args.layout, dtype)} parameter layout, "
-      f"B=1, gamma {args.gamma}, {args.max_new_tokens} new tokens of {source}; jax {jax.__version__} on "
+      f"B=1, {shape}, {args.max_new_tokens} new tokens of {source}; jax {jax.__version__} on "
       f"{backend_layout.describe_cpu()}, {os.cpu_count()} cores. Per round: the XLA ops that jax.profiler recorded, summed and attributed "
       "through the HLO dump's op_name to the named scopes of sampling/speculative.py and to the einsum or "
       "primitive that produced them. A fusion carries the name of its root op (a softmax fused with the LM "
       "head that feeds it is listed as softmax).", "", *sections,
-      "How to read it: target_verify is the target's (gamma+1)-token pass and draft_propose the draft's "
-      "gamma steps; accept_and_advance, the loop and the untraced rest are the round's work outside the "
+      "How to read it: target_verify is the target's (gamma+1)-token pass (a tree: 1 + nodes tokens) and "
+      "draft_propose the draft's gamma steps (a tree: one step per level, top_k rows each); accept_and_advance, the loop and the untraced rest are the round's work outside the "
       "two models (issue target: <= 5% of a round). At B=1 on 2 CPU cores most small ops cost their "
       "dispatch more than their arithmetic, so the op counts matter as much as the milliseconds."])
   write_text(args.out, text)
