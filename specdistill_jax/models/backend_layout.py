@@ -18,8 +18,8 @@ Which one is faster depends on the CPU's matrix unit, so `auto` decides per mach
 (`python experiments/bench_target.py` times both layouts in one run; its 1-token bf16 pass):
 
 * Intel Xeon with AMX (amx_bf16), bf16: standard 40.7 ms, fused 24.1 ms (fp32: 33.8 / 39.9);
-* AMD EPYC without AMX (avx512_bf16), bf16: standard 25.3 ms, fused 33.1 ms, kernel 9.5 ms
-  (fp32: standard 28.0 / fused 27.8 / kernel 13.0; experiments/results/target_benchmark.md, one run).
+* AMD EPYC without AMX (avx512_bf16), bf16: standard 30.5 ms, fused 32.9 ms, kernel 9.6 ms
+  (fp32: standard 29.8 / fused 28.7 / kernel 18.4; experiments/results/target_benchmark.md, one run).
 
 `auto` is therefore `kernel` for a bf16 or fp32 model on a CPU where the kernels build
 (avx512_bf16 and a C++ compiler), else `fused` for a bf16 (or narrower) model on a CPU with AMX,
