@@ -432,24 +432,19 @@ void attend_item(const AttnWork<E>& w, int64_t item) {
       // as they are (there, visible rank == slot); from the first tile with a hidden slot on, the
       // visible exps are packed to consecutive ranks first.
       __m512 sum = _mm512_setzero_ps();
-      int64_t tile = 0, count = 0;
-      for (; any && tile < tiles; ++tile) {
-        const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(pr + tile * 16), _mm512_set1_ps(most[r])), lv[tile]);
-        _mm512_storeu_ps(pr + tile * 16, e);
-        if (lv[tile] != 0xffff) {
-          _mm512_mask_compressstoreu_ps(packed.data(), lv[tile], e);
-          count = _mm_popcnt_u32(lv[tile]);
-          ++tile;
-          break;
-        }
-        sum = _mm512_add_ps(sum, e);
-      }
-      for (; tile < tiles; ++tile) {
+      int64_t count = 0;
+      bool dense = true;  // every slot so far visible
+      for (int64_t tile = 0; tile < tiles; ++tile) {
         const __m512 e = any ? exp16(_mm512_sub_ps(_mm512_loadu_ps(pr + tile * 16), _mm512_set1_ps(most[r])), lv[tile])
                              : _mm512_setzero_ps();
         _mm512_storeu_ps(pr + tile * 16, e);
-        _mm512_mask_compressstoreu_ps(packed.data() + count, lv[tile], e);
-        count += _mm_popcnt_u32(lv[tile]);
+        dense = dense && lv[tile] == 0xffff;
+        if (dense) {
+          sum = _mm512_add_ps(sum, e);
+        } else {
+          _mm512_mask_compressstoreu_ps(packed.data() + count, lv[tile], e);
+          count += _mm_popcnt_u32(lv[tile]);
+        }
       }
       for (int64_t i = 0; i < count; i += 16)
         sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(lanes16(count - i), packed.data() + i));

@@ -303,11 +303,10 @@ def accept(key, forest: Forest, target_logits, spec: TreeSpec, greedy: bool, tem
   Greedy: the walk reads only the target's argmax at each node (one reduction per node, as the
   chain's acceptance and plain decoding take it: the same token on ties), no softmax."""
   keys = jax.random.split(key, target_logits.shape[0])
-  walk = functools.partial(_walk, spec=spec, num_drafters=num_drafters)
+  walk = jax.vmap(functools.partial(_walk, spec=spec, num_drafters=num_drafters))  # kwargs map over rows too
   if greedy:
-    return jax.vmap(lambda k, f, top: walk(k, f, top=top))(keys, forest, dist.argmax(target_logits))
-  log_p = dist.scaled_log_probs(target_logits, temperature)  # [B, 1+M, V]
-  return jax.vmap(lambda k, f, lp: walk(k, f, log_p=lp))(keys, forest, log_p)
+    return walk(keys, forest, top=dist.argmax(target_logits))
+  return walk(keys, forest, log_p=dist.scaled_log_probs(target_logits, temperature))  # [B, 1+M, V]
 
 
 def _walk(key, f: Forest, *, spec: TreeSpec, num_drafters: int, log_p=None, top=None):
